@@ -1,0 +1,287 @@
+"""Every setting: name, type, default, meaning, validation.
+
+Settings are read from environment variables once per container (:func:`load_config`). A missing or
+malformed setting raises :class:`ConfigError`, which lists *every* problem, each naming its
+variable. This table is also the source of ``refinery config`` and of the README's settings table.
+
+Secrets (``INFLUX_TOKEN``, ``INFLUX_PASSWORD``, ``CF_CLIENT_SECRET``) may be given directly (local
+runs) or by reference: ``<NAME>_SECRET`` names a Secrets Manager secret (name or ARN) and
+``<NAME>_PARAMETER`` an SSM SecureString parameter. References are resolved through Powertools
+Parameters (cached) and the values never appear in logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """One or more settings are missing or malformed. ``problems`` holds one line per setting."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` / ``"90s"`` / ``"1.5m"`` / ``"500ms"`` / ``"2h"`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 30s, 3m, 1h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError(f"{text!r} must be a positive integer")
+    return value
+
+
+def parse_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text.strip().rstrip("/")
+
+
+def parse_s3_key(text: str) -> str:
+    key = text.strip().lstrip("/")
+    if not key:
+        raise ValueError("must not be empty")
+    return key
+
+
+def parse_share(text: str) -> float:
+    value = float(text.strip().rstrip("%")) / (100.0 if text.strip().endswith("%") else 1.0)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{text!r} must be a share between 0 and 1 (or 0% and 100%)")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    group: str
+    secret: bool = False
+
+    @property
+    def kind(self) -> str:
+        return {
+            parse_duration: "duration",
+            parse_bool: "bool",
+            parse_positive_int: "int",
+            parse_url: "url",
+            parse_share: "share",
+        }.get(self.parse, "string")
+
+
+def _str(text: str) -> str:
+    return text
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- InfluxDB sink -------------------------------------------------------------------------
+    Setting("INFLUX_URL", parse_url, None,
+            "InfluxDB base URL. Unset: write nothing; `refinery invoke` prints the line protocol.", "influx"),
+    Setting("INFLUX_TOKEN", _str, None,
+            "v2 API token (InfluxDB 2.x/3.x/Cloud; for 1.8+ use `user:password`).", "influx", secret=True),
+    Setting("INFLUX_ORG", _str, None, "v2 API organisation (name or ID).", "influx"),
+    Setting("INFLUX_BUCKET", _str, None, "v2 API bucket (for InfluxDB 1.8+: `database/retention-policy`).",
+            "influx"),
+    Setting("INFLUX_DATABASE", _str, None,
+            "Set to use the v1 `/write` API (InfluxDB 1.x up to 1.7): the target database.", "influx"),
+    Setting("INFLUX_RETENTION_POLICY", _str, "", "v1 API retention policy (empty: the database default).",
+            "influx"),
+    Setting("INFLUX_USERNAME", _str, "", "v1 API user name (empty: no authentication).", "influx"),
+    Setting("INFLUX_PASSWORD", _str, "", "v1 API password.", "influx", secret=True),
+    Setting("INFLUX_BATCH_SIZE", parse_positive_int, "5000", "Lines per write request (chunk).", "influx"),
+    Setting("INFLUX_TIMEOUT", parse_duration, "10s", "Timeout of one write request.", "influx"),
+    Setting("INFLUX_GZIP", parse_bool, "true", "Gzip-compress write requests.", "influx"),
+    Setting("INFLUX_VERIFY_TLS", parse_bool, "true", "Verify the server's TLS certificate.", "influx"),
+    Setting("INFLUX_MAX_RETRY_WAIT", parse_duration, "30s",
+            "Longest single wait between write retries (Retry-After is honoured up to this).", "influx"),
+    Setting("FLUSH_TIME_RESERVE", parse_duration, "3s",
+            "Time kept back from the invocation's deadline: retries stop when less than this remains.",
+            "influx"),
+    # --- Metadata ------------------------------------------------------------------------------
+    Setting("METADATA_BUCKET", _str, None, "S3 bucket holding the metadata snapshot (and, by default, "
+            "quarantined records).", "metadata"),
+    Setting("METADATA_KEY", parse_s3_key, "metadata/apps.json.gz", "S3 key of the metadata snapshot.",
+            "metadata"),
+    Setting("METADATA_FILE", _str, None,
+            "Local snapshot file used instead of S3 (local runs and tests).", "metadata"),
+    Setting("SNAPSHOT_CHECK_INTERVAL", parse_duration, "60s",
+            "How often a warm container checks whether the snapshot changed.", "metadata"),
+    # --- Quarantine ----------------------------------------------------------------------------
+    Setting("QUARANTINE_BUCKET", _str, None,
+            "S3 bucket for records that cannot be processed (default: METADATA_BUCKET).", "quarantine"),
+    Setting("QUARANTINE_PREFIX", _str, "quarantine/", "Key prefix of quarantine objects.", "quarantine"),
+    Setting("QUARANTINE_DIR", _str, "refinery-quarantine",
+            "Local directory for quarantine objects when no bucket is set (local runs).", "quarantine"),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    url: str
+    api: str  # "v1" or "v2"
+    token: str = field(default="", repr=False)
+    org: str = ""
+    bucket: str = ""
+    database: str = ""
+    retention_policy: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    batch_size: int = 5000
+    timeout: float = 10.0
+    gzip: bool = True
+    verify_tls: bool = True
+    max_retry_wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    influx: InfluxConfig | None
+    batch_size: int
+    flush_time_reserve: float
+    metadata_bucket: str | None
+    metadata_key: str
+    metadata_file: str | None
+    snapshot_check_interval: float
+    quarantine_bucket: str | None
+    quarantine_prefix: str
+    quarantine_dir: str
+
+
+SecretResolver = Callable[[str, str, str], str]
+
+
+def resolve_secret_reference(setting: str, kind: str, reference: str) -> str:
+    """Fetch a secret by reference through Powertools Parameters (cached in the container)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    if kind == "SECRET":
+        value = parameters.get_secret(reference)
+    else:
+        value = parameters.get_parameter(reference, decrypt=True)
+    if isinstance(value, bytes):
+        value = value.decode()
+    return str(value)
+
+
+def _read_secret(env: Mapping[str, str], name: str, resolver: SecretResolver, problems: list[str]) -> str:
+    if env.get(name):
+        return env[name]
+    for kind in ("SECRET", "PARAMETER"):
+        reference = env.get(f"{name}_{kind}")
+        if reference:
+            try:
+                return resolver(name, kind, reference)
+            except Exception as exc:
+                # The reference (a name or ARN) is not secret; the value never reaches this message.
+                problems.append(f"{name}_{kind}: cannot read {reference!r}: {type(exc).__name__}")
+                return ""
+    return SETTINGS_BY_NAME[name].default or ""
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    resolver: SecretResolver = resolve_secret_reference,
+) -> Config:
+    """Read and validate every setting; raise :class:`ConfigError` listing all problems."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.secret:
+            continue
+        raw = env.get(setting.name)
+        if raw is None or (raw == "" and setting.default is not None):
+            raw = setting.default
+        if raw is None:
+            values[setting.name] = None
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{setting.name}: {exc}")
+            values[setting.name] = None
+
+    influx: InfluxConfig | None = None
+    if values["INFLUX_URL"]:
+        common = dict(
+            url=values["INFLUX_URL"],
+            batch_size=values["INFLUX_BATCH_SIZE"] or 5000,
+            timeout=values["INFLUX_TIMEOUT"] or 10.0,
+            gzip=values["INFLUX_GZIP"] if values["INFLUX_GZIP"] is not None else True,
+            verify_tls=values["INFLUX_VERIFY_TLS"] if values["INFLUX_VERIFY_TLS"] is not None else True,
+            max_retry_wait=values["INFLUX_MAX_RETRY_WAIT"] or 30.0,
+        )
+        if values["INFLUX_DATABASE"]:
+            influx = InfluxConfig(
+                api="v1",
+                database=values["INFLUX_DATABASE"],
+                retention_policy=values["INFLUX_RETENTION_POLICY"] or "",
+                username=values["INFLUX_USERNAME"] or "",
+                password=_read_secret(env, "INFLUX_PASSWORD", resolver, problems),
+                **common,
+            )
+        else:
+            token = _read_secret(env, "INFLUX_TOKEN", resolver, problems)
+            for name in ("INFLUX_ORG", "INFLUX_BUCKET"):
+                if not values[name]:
+                    problems.append(
+                        f"{name}: required with INFLUX_URL for the v2 API "
+                        "(or set INFLUX_DATABASE to use the v1 API)"
+                    )
+            if not token and not any(env.get(f"INFLUX_TOKEN_{k}") for k in ("SECRET", "PARAMETER")):
+                problems.append(
+                    "INFLUX_TOKEN: required with INFLUX_URL for the v2 API "
+                    "(or INFLUX_TOKEN_SECRET / INFLUX_TOKEN_PARAMETER)"
+                )
+            influx = InfluxConfig(
+                api="v2", token=token, org=values["INFLUX_ORG"] or "", bucket=values["INFLUX_BUCKET"] or "",
+                **common,
+            )
+    if values["METADATA_FILE"] and not os.path.isfile(values["METADATA_FILE"]):
+        problems.append(f"METADATA_FILE: {values['METADATA_FILE']!r} is not a readable file")
+    if not values["METADATA_BUCKET"] and not values["METADATA_FILE"]:
+        problems.append("METADATA_BUCKET: required (or METADATA_FILE for a local snapshot file)")
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        influx=influx,
+        batch_size=values["INFLUX_BATCH_SIZE"],
+        flush_time_reserve=values["FLUSH_TIME_RESERVE"],
+        metadata_bucket=values["METADATA_BUCKET"],
+        metadata_key=values["METADATA_KEY"],
+        metadata_file=values["METADATA_FILE"],
+        snapshot_check_interval=values["SNAPSHOT_CHECK_INTERVAL"],
+        quarantine_bucket=values["QUARANTINE_BUCKET"] or values["METADATA_BUCKET"],
+        quarantine_prefix=values["QUARANTINE_PREFIX"],
+        quarantine_dir=values["QUARANTINE_DIR"],
+    )

@@ -1,0 +1,53 @@
+"""The Lambda event of an MSK or self-managed Kafka event source mapping.
+
+``records`` maps ``"<topic>-<partition>"`` to a list of records with ``topic``, ``partition``,
+``offset``, ``timestamp`` (epoch ms), ``timestampType``, optional ``key`` and ``value`` (base64) and
+``headers``. The hot path reads the plain dicts; Powertools' ``KafkaEvent`` data class supplies the
+event-level fields (source, cluster ARN, bootstrap servers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+EVENT_SOURCES = ("aws:kafka", "aws:SelfManagedKafka")
+
+
+class NotAKafkaEvent(ValueError):
+    """The event is not what an MSK / self-managed Kafka event source mapping sends."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    source: str
+    source_arn: str | None
+    bootstrap_servers: list[str]
+
+
+def describe(event: Any) -> EventInfo:
+    """Validate the event's shape; raise :class:`NotAKafkaEvent` naming what is wrong."""
+    if not isinstance(event, dict):
+        raise NotAKafkaEvent(f"event is a {type(event).__name__}, not a Kafka event object")
+    from aws_lambda_powertools.utilities.data_classes import KafkaEvent
+
+    kafka = KafkaEvent(event)
+    source = event.get("eventSource")
+    if source not in EVENT_SOURCES:
+        raise NotAKafkaEvent(f"eventSource is {source!r}; expected one of {', '.join(EVENT_SOURCES)}")
+    records = event.get("records")
+    if not isinstance(records, dict):
+        raise NotAKafkaEvent("event has no 'records' object keyed by topic-partition")
+    for key, batch in records.items():
+        if not isinstance(batch, list):
+            raise NotAKafkaEvent(f"records[{key!r}] is not a list")
+    servers = kafka.decoded_bootstrap_servers if event.get("bootstrapServers") else []
+    return EventInfo(source=source, source_arn=event.get("eventSourceArn"), bootstrap_servers=servers)
+
+
+def iter_records(event: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(topic-partition key, record) in partition order, then offset order as delivered."""
+    for key, batch in event["records"].items():
+        for record in batch:
+            yield key, record if isinstance(record, dict) else {"value": record}

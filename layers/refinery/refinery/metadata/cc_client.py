@@ -1,0 +1,591 @@
+"""A small Cloud Controller v3 client: UAA client-credentials auth, retries, paginated app listing.
+
+Only what the metadata refresh and the enricher need:
+
+* :meth:`CloudControllerClient.list_apps` — every app (any state) joined to its space and org, using
+  ``GET /v3/apps?include=space.organization&per_page=N`` and following ``pagination.next.href``;
+* :meth:`CloudControllerClient.get_app` — one app by GUID (``None`` when the Cloud Controller says it
+  does not exist).
+
+Transient failures (connection errors, timeouts, HTTP 429 and 5xx) are retried with exponential backoff
+and jitter, honouring ``Retry-After`` and ``X-RateLimit-Reset``, bounded by a maximum attempt count and an
+optional per-call ``deadline`` (a value of the client's monotonic ``clock``). A 401 from the Cloud
+Controller renews the UAA token once and retries the request once.
+
+The client secret and tokens never appear in log records, exception messages or ``repr``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import orjson
+import requests
+
+from refinery.metadata.snapshot import AppInfo
+
+log = logging.getLogger(__name__)
+
+MAX_PER_PAGE = 5000
+# Cloud Controller's rate limiter sends ``Retry-After`` with the same *epoch* value as ``X-RateLimit-Reset``
+# (middleware/rate_limiter.rb). A numeric Retry-After this large cannot be a delay in seconds.
+_EPOCH_THRESHOLD = 1_000_000_000
+_SAMPLE_LIMIT = 10
+
+
+class CloudControllerError(Exception):
+    """A Cloud Controller or UAA request failed. The message names method, path and status, never secrets."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+        cf_errors: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+        self.cf_errors = cf_errors
+
+
+class CloudControllerAuthError(CloudControllerError):
+    """Credentials rejected by UAA, or the Cloud Controller refused the (renewed) token (401/403)."""
+
+
+class CloudControllerUnavailable(CloudControllerError):
+    """Transient failures persisted: attempts exhausted, wait longer than allowed, or deadline reached."""
+
+
+@dataclass(slots=True)
+class ListStats:
+    """What :meth:`CloudControllerClient.list_apps` saw.
+
+    ``apps`` counts apps in the result; ``resources`` counts app resources received (including
+    duplicates and unresolvable ones). Apps whose space or org was not in ``included`` are dropped from
+    the result but counted in ``missing_space`` / ``missing_org`` (a few GUIDs kept in ``unresolved``).
+    """
+
+    pages: int = 0
+    apps: int = 0
+    spaces: int = 0
+    orgs: int = 0
+    resources: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    missing_space: int = 0
+    missing_org: int = 0
+    unresolved: list[str] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> int:
+        return self.malformed + self.missing_space + self.missing_org
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    refresh_at: float  # client clock
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """Seconds to wait for a ``Retry-After`` value (delta seconds, HTTP date, or CC's epoch seconds)."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment is None:
+            return None
+        return max(0.0, moment.timestamp() - now)
+    if not math.isfinite(number) or number < 0:
+        return None
+    if number >= _EPOCH_THRESHOLD:
+        # Epoch seconds, truncated by the server: the window may reset up to a second later.
+        return max(0.0, number + 1 - now)
+    return number
+
+
+def token_refresh_margin(expires_in: float) -> float:
+    """Renew this long before expiry: max(30 s, 10 %), but never more than half the lifetime."""
+    return min(max(30.0, 0.1 * expires_in), expires_in / 2)
+
+
+class CloudControllerClient:
+    """Cloud Controller v3 client authenticated with a UAA client-credentials grant."""
+
+    def __init__(
+        self,
+        api_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        uaa_url: str | None = None,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        verify_tls: bool = True,
+        per_page: int = MAX_PER_PAGE,
+        session: requests.Session | None = None,
+        user_agent: str = "refinery/0.1",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 20.0,
+        max_retry_wait: float = 120.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not api_url.startswith(("http://", "https://")):
+            raise ValueError(f"api_url must be an http(s) URL, got {api_url!r}")
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}, got {per_page}")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.api_url = api_url.rstrip("/")
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self._uaa_url = uaa_url.rstrip("/") if uaa_url else None
+        self.timeout = timeout
+        self.verify_tls = verify_tls
+        self.per_page = per_page
+        self._own_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self.user_agent = user_agent
+        self._clock = clock
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_retry_wait = max_retry_wait
+        self._rng = rng if rng is not None else random.Random()
+        self._token: _Token | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CloudControllerClient(api_url={self.api_url!r}, client_id={self.client_id!r})"
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
+
+    def __enter__(self) -> CloudControllerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------- public API
+
+    @property
+    def uaa_url(self) -> str | None:
+        """The UAA base URL: as given, or as discovered (``None`` until the first token request)."""
+        return self._uaa_url
+
+    def discover_uaa_url(self, deadline: float | None = None) -> str:
+        """The UAA URL from ``GET {api_url}/`` (``links.uaa``, else ``links.login``); cached."""
+        if self._uaa_url is None:
+            url = self.api_url + "/"
+            resp = self._with_retries("GET", url, deadline=deadline, headers=self._headers())
+            doc = self._json(resp, "GET", url, expected=(200,))
+            links = doc.get("links") if isinstance(doc, dict) else None
+            href = _href(links, "uaa") or _href(links, "login")
+            if not href:
+                raise CloudControllerError(
+                    "GET /: Cloud Controller root has neither links.uaa nor links.login; set the UAA URL",
+                    method="GET",
+                    path="/",
+                    status=resp.status_code,
+                )
+            self._uaa_url = href.rstrip("/")
+            log.info("discovered UAA at %s", self._uaa_url)
+        return self._uaa_url
+
+    def iter_app_pages(self, deadline: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield each parsed page of ``GET /v3/apps?include=space.organization&per_page=N``."""
+        query = urlencode({"include": "space.organization", "per_page": self.per_page})
+        url: str | None = f"{self.api_url}/v3/apps?{query}"
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen:
+                raise CloudControllerError(
+                    f"GET {_path(url)}: pagination loops back to a page already read", method="GET", path=_path(url)
+                )
+            seen.add(url)
+            page = self._get_json(url, deadline=deadline)
+            if not isinstance(page, dict) or not isinstance(page.get("resources"), list):
+                raise CloudControllerError(
+                    f"GET {_path(url)}: response is not a v3 list (no 'resources' array)",
+                    method="GET",
+                    path=_path(url),
+                    status=200,
+                )
+            yield page
+            pagination = page.get("pagination")
+            href = _href(pagination, "next") if isinstance(pagination, dict) else None
+            url = self._rebase(href) if href else None
+
+    def list_apps(self, deadline: float | None = None) -> tuple[dict[str, AppInfo], ListStats]:
+        """All apps visible to the client (every state), joined to space and org names."""
+        stats = ListStats()
+        spaces: dict[str, tuple[str, str | None]] = {}
+        orgs: dict[str, str] = {}
+        raw_apps: dict[str, tuple[str, str | None]] = {}
+        for page in self.iter_app_pages(deadline=deadline):
+            stats.pages += 1
+            _collect_included(page.get("included"), spaces, orgs)
+            for resource in page["resources"]:
+                stats.resources += 1
+                guid, name = _get_str(resource, "guid"), _get_str(resource, "name")
+                if guid is None or name is None:
+                    stats.malformed += 1
+                    continue
+                if guid in raw_apps:
+                    stats.duplicates += 1
+                raw_apps[guid] = (name, _relationship_guid(resource, "space"))
+        apps: dict[str, AppInfo] = {}
+        for guid, (name, space_guid) in raw_apps.items():
+            info = _join(guid, name, space_guid, spaces, orgs, stats)
+            if info is not None:
+                apps[guid] = info
+        stats.apps, stats.spaces, stats.orgs = len(apps), len(spaces), len(orgs)
+        if stats.dropped:
+            log.warning(
+                "Cloud Controller listing: %d app(s) dropped (space missing: %d, org missing: %d, malformed: %d),"
+                " e.g. %s",
+                stats.dropped,
+                stats.missing_space,
+                stats.missing_org,
+                stats.malformed,
+                ", ".join(stats.unresolved),
+            )
+        return apps, stats
+
+    def get_app(self, guid: str, deadline: float | None = None) -> AppInfo | None:
+        """One app by GUID, or ``None`` when the Cloud Controller answers 404 CF-ResourceNotFound."""
+        url = f"{self.api_url}/v3/apps/{quote(guid, safe='')}?include=space.organization"
+        doc = self._get_json(url, deadline=deadline, not_found_ok=True)
+        if doc is None:
+            return None
+        name = _get_str(doc, "name")
+        if name is None:
+            raise CloudControllerError(f"GET {_path(url)}: app resource has no name", method="GET", path=_path(url))
+        spaces: dict[str, tuple[str, str | None]] = {}
+        orgs: dict[str, str] = {}
+        _collect_included(doc.get("included"), spaces, orgs)
+        stats = ListStats()
+        info = _join(_get_str(doc, "guid") or guid, name, _relationship_guid(doc, "space"), spaces, orgs, stats)
+        if info is None:
+            raise CloudControllerError(
+                f"GET {_path(url)}: app's space or organization missing from 'included'",
+                method="GET",
+                path=_path(url),
+                status=200,
+            )
+        return info
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _headers(self, token: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        if token is not None:
+            headers["Authorization"] = f"bearer {token}"
+        return headers
+
+    def _rebase(self, href: str) -> str:
+        """Follow a pagination link on the configured API origin (never send the token elsewhere)."""
+        link, base = urlsplit(href), urlsplit(self.api_url)
+        if (link.scheme, link.netloc) == (base.scheme, base.netloc):
+            return href
+        if not link.path.startswith("/v3/"):
+            raise CloudControllerError(f"unexpected pagination link path {link.path!r}", method="GET", path=link.path)
+        return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + link.path, link.query, ""))
+
+    def _get_json(self, url: str, *, deadline: float | None, not_found_ok: bool = False) -> Any:
+        """Authenticated GET; renews the token once on 401. ``None`` for 404 CF-ResourceNotFound."""
+        for renewed in (False, True):
+            token = self._access_token(deadline, force=renewed)
+            resp = self._with_retries("GET", url, deadline=deadline, headers=self._headers(token))
+            if resp.status_code != 401:
+                break
+            if renewed:
+                raise CloudControllerAuthError(
+                    _describe("GET", url, resp) + " even with a freshly issued token",
+                    method="GET",
+                    path=_path(url),
+                    status=401,
+                    cf_errors=_cf_titles(resp),
+                )
+            log.info("Cloud Controller answered 401 to GET %s; renewing the UAA token", _path(url))
+        if resp.status_code == 404 and not_found_ok and "CF-ResourceNotFound" in _cf_titles(resp):
+            return None
+        return self._json(resp, "GET", url, expected=(200,))
+
+    def _json(self, resp: requests.Response, method: str, url: str, *, expected: tuple[int, ...]) -> Any:
+        if resp.status_code not in expected:
+            cls = CloudControllerAuthError if resp.status_code in (401, 403) else CloudControllerError
+            raise cls(
+                _describe(method, url, resp),
+                method=method,
+                path=_path(url),
+                status=resp.status_code,
+                cf_errors=_cf_titles(resp),
+            )
+        try:
+            return orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise CloudControllerError(
+                f"{method} {_path(url)}: HTTP {resp.status_code} body is not valid JSON",
+                method=method,
+                path=_path(url),
+                status=resp.status_code,
+            ) from exc
+
+    def _access_token(self, deadline: float | None, *, force: bool = False) -> str:
+        with self._lock:
+            current = self._token
+            if current is not None and not force and self._clock() < current.refresh_at:
+                return current.value
+            self._token = None
+            self._token = self._fetch_token(deadline)
+            return self._token.value
+
+    def _fetch_token(self, deadline: float | None) -> _Token:
+        url = self.discover_uaa_url(deadline) + "/oauth/token"
+        started = self._clock()
+        resp = self._with_retries(
+            "POST",
+            url,
+            deadline=deadline,
+            headers=self._headers(),
+            data={"grant_type": "client_credentials"},
+            auth=(self.client_id, self._client_secret),
+        )
+        if resp.status_code in (400, 401, 403):
+            raise CloudControllerAuthError(
+                f"POST {_path(url)}: HTTP {resp.status_code} {_oauth_error(resp)}: UAA rejected the client"
+                f" credentials of client {self.client_id!r}",
+                method="POST",
+                path=_path(url),
+                status=resp.status_code,
+            )
+        doc = self._json(resp, "POST", url, expected=(200,))
+        value = doc.get("access_token") if isinstance(doc, dict) else None
+        expires_in = doc.get("expires_in") if isinstance(doc, dict) else None
+        if not isinstance(value, str) or not value or not isinstance(expires_in, int | float):
+            raise CloudControllerError(
+                f"POST {_path(url)}: token response lacks access_token or expires_in",
+                method="POST",
+                path=_path(url),
+                status=resp.status_code,
+            )
+        token_type = str(doc.get("token_type", "bearer"))
+        if token_type.lower() != "bearer":
+            log.warning("UAA issued a token of type %r; using it as a bearer token", token_type)
+        refresh_at = started + expires_in - token_refresh_margin(float(expires_in))
+        log.info("obtained UAA token for client %r (expires in %ss)", self.client_id, expires_in)
+        return _Token(value, refresh_at)
+
+    def _with_retries(
+        self, method: str, url: str, *, deadline: float | None, **kwargs: Any
+    ) -> requests.Response:
+        """Send until the answer is neither a transport error nor 429/5xx, within attempts and deadline."""
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = self._timeout_for(method, url, deadline)
+            hint: float | None = None
+            try:
+                resp = self._session.request(
+                    method, url, timeout=timeout, verify=self.verify_tls, allow_redirects=False, **kwargs
+                )
+            except requests.exceptions.SSLError as exc:
+                raise CloudControllerError(
+                    f"{method} {_path(url)}: TLS error ({type(exc).__name__})", method=method, path=_path(url)
+                ) from exc
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem, status, cause = type(exc).__name__, None, exc
+            else:
+                if not _retryable(resp.status_code):
+                    return resp
+                problem, status, cause = _describe_status(resp), resp.status_code, None
+                hint = self._retry_hint(resp)
+            where = f"{method} {_path(url)}"
+            if attempt >= self.max_attempts:
+                raise CloudControllerUnavailable(
+                    f"{where}: {problem}; gave up after {attempt} attempts", method=method, path=_path(url), status=status
+                ) from cause
+            delay = hint if hint is not None else self._backoff(attempt)
+            if delay > self.max_retry_wait:
+                raise CloudControllerUnavailable(
+                    f"{where}: {problem}; server asks to wait {delay:.0f}s, more than the {self.max_retry_wait:.0f}s"
+                    " allowed",
+                    method=method,
+                    path=_path(url),
+                    status=status,
+                ) from cause
+            if deadline is not None and self._clock() + delay > deadline:
+                raise CloudControllerUnavailable(
+                    f"{where}: {problem}; a retry in {delay:.1f}s would pass the deadline (attempt {attempt})",
+                    method=method,
+                    path=_path(url),
+                    status=status,
+                ) from cause
+            log.warning("%s: %s; retry %d/%d in %.2fs", where, problem, attempt, self.max_attempts - 1, delay)
+            self._sleep(delay)
+
+    def _timeout_for(self, method: str, url: str, deadline: float | None) -> tuple[float, float]:
+        connect, read = self.timeout
+        if deadline is None:
+            return connect, read
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise CloudControllerUnavailable(
+                f"{method} {_path(url)}: deadline reached before the request", method=method, path=_path(url)
+            )
+        return min(connect, remaining), min(read, remaining)
+
+    def _retry_hint(self, resp: requests.Response) -> float | None:
+        now = self._wall_clock()
+        retry_after = resp.headers.get("Retry-After")
+        if retry_after:
+            delay = parse_retry_after(retry_after, now)
+            if delay is not None:
+                return delay
+        reset = resp.headers.get("X-RateLimit-Reset")
+        if resp.status_code == 429 and reset:
+            try:
+                return max(0.0, float(reset) + 1 - now)
+            except ValueError:
+                return None
+        return None
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        return ceiling / 2 + self._rng.random() * ceiling / 2
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or 500 <= status <= 599
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _href(links: Any, name: str) -> str | None:
+    if not isinstance(links, Mapping):
+        return None
+    link = links.get(name)
+    href = link.get("href") if isinstance(link, Mapping) else None
+    return href if isinstance(href, str) and href else None
+
+
+def _get_str(doc: Any, key: str) -> str | None:
+    value = doc.get(key) if isinstance(doc, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _relationship_guid(resource: Mapping[str, Any], name: str) -> str | None:
+    try:
+        guid = resource["relationships"][name]["data"]["guid"]
+    except (KeyError, TypeError):
+        return None
+    return guid if isinstance(guid, str) else None
+
+
+def _collect_included(
+    included: Any, spaces: dict[str, tuple[str, str | None]], orgs: dict[str, str]
+) -> None:
+    if not isinstance(included, Mapping):
+        return
+    for space in included.get("spaces") or ():
+        guid, name = _get_str(space, "guid"), _get_str(space, "name")
+        if guid is not None and name is not None:
+            spaces[guid] = (name, _relationship_guid(space, "organization"))
+    for org in included.get("organizations") or ():
+        guid, name = _get_str(org, "guid"), _get_str(org, "name")
+        if guid is not None and name is not None:
+            orgs[guid] = name
+
+
+def _join(
+    guid: str,
+    name: str,
+    space_guid: str | None,
+    spaces: Mapping[str, tuple[str, str | None]],
+    orgs: Mapping[str, str],
+    stats: ListStats,
+) -> AppInfo | None:
+    space = spaces.get(space_guid) if space_guid is not None else None
+    if space is None:
+        stats.missing_space += 1
+        _sample(stats, guid)
+        return None
+    space_name, org_guid = space
+    org_name = orgs.get(org_guid) if org_guid is not None else None
+    if org_guid is None or org_name is None:
+        stats.missing_org += 1
+        _sample(stats, guid)
+        return None
+    return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)  # type: ignore[arg-type]
+
+
+def _sample(stats: ListStats, guid: str) -> None:
+    if len(stats.unresolved) < _SAMPLE_LIMIT:
+        stats.unresolved.append(guid)
+
+
+def _cf_titles(resp: requests.Response) -> tuple[str, ...]:
+    """``("CF-ResourceNotFound", ...)`` from a v3 error body (any content type), else ``()``."""
+    try:
+        doc = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return ()
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ()
+    return tuple(str(e.get("title")) for e in errors if isinstance(e, dict) and e.get("title"))
+
+
+def _oauth_error(resp: requests.Response) -> str:
+    try:
+        doc = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return "(no OAuth error body)"
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), str):
+        return "(no OAuth error body)"
+    description = doc.get("error_description")
+    return doc["error"] + (f" ({description})" if isinstance(description, str) else "")
+
+
+def _describe_status(resp: requests.Response) -> str:
+    titles = _cf_titles(resp)
+    return f"HTTP {resp.status_code}" + (f" {', '.join(titles)}" if titles else "")
+
+
+def _describe(method: str, url: str, resp: requests.Response) -> str:
+    text = f"{method} {_path(url)}: {_describe_status(resp)}"
+    request_id = resp.headers.get("X-Vcap-Request-Id")
+    return text + (f" (X-Vcap-Request-Id {request_id})" if request_id else "")

@@ -1,0 +1,108 @@
+"""The metadata snapshot: the one place that knows its format.
+
+A snapshot is a gzip-compressed JSON object::
+
+    {"schema_version": 1,
+     "generated_at": "<RFC 3339>",
+     "source": "<Cloud Controller API URL>",
+     "apps": {"<app guid>": {"name": ..., "space_guid": ..., "space_name": ...,
+                             "org_guid": ..., "org_name": ...}}}
+
+It lives at ``s3://$METADATA_BUCKET/$METADATA_KEY``. The refresh function writes it, the enricher
+reads it, and operators may read it with ``aws s3 cp … - | gunzip``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+SCHEMA_VERSION = 1
+APP_FIELDS = ("name", "space_guid", "space_name", "org_guid", "org_name")
+
+
+class SnapshotError(ValueError):
+    """The bytes are not a valid snapshot; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppInfo:
+    """What the enricher needs to know about one app."""
+
+    guid: str
+    name: str
+    space_guid: str
+    space_name: str
+    org_guid: str
+    org_name: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {field: getattr(self, field) for field in APP_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generated_at: str
+    source: str
+    apps: Mapping[str, AppInfo]
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2026-11-21T10:00:00.123456Z`` (always UTC, always with a zone)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def encode_snapshot(apps: Mapping[str, AppInfo], source: str, generated_at: datetime) -> bytes:
+    """Serialise to the published format. Deterministic for the same input (keys sorted, mtime 0)."""
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": rfc3339(generated_at),
+        "source": source,
+        "apps": {guid: apps[guid].as_dict() for guid in sorted(apps)},
+    }
+    raw = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def decode_snapshot(data: bytes) -> Snapshot:
+    """Parse and validate a snapshot; raise :class:`SnapshotError` naming what is wrong."""
+    try:
+        raw = gzip.decompress(data)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise SnapshotError(f"snapshot is not valid gzip ({exc})") from exc
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SnapshotError(f"snapshot is not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise SnapshotError("snapshot is not a JSON object")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SnapshotError(f"unsupported snapshot schema_version {version!r} (expected {SCHEMA_VERSION})")
+    apps_doc = doc.get("apps")
+    if not isinstance(apps_doc, dict):
+        raise SnapshotError("snapshot field 'apps' is missing or not an object")
+    apps: dict[str, AppInfo] = {}
+    for guid, entry in apps_doc.items():
+        if not isinstance(entry, dict):
+            raise SnapshotError(f"snapshot app {guid!r} is not an object")
+        values = []
+        for field in APP_FIELDS:
+            value = entry.get(field)
+            if not isinstance(value, str):
+                raise SnapshotError(f"snapshot app {guid!r} field {field!r} is missing or not a string")
+            values.append(value)
+        apps[guid] = AppInfo(guid, *values)
+    generated_at = doc.get("generated_at")
+    source = doc.get("source")
+    if not isinstance(generated_at, str) or not isinstance(source, str):
+        raise SnapshotError("snapshot fields 'generated_at' and 'source' must be strings")
+    return Snapshot(generated_at=generated_at, source=source, apps=apps)

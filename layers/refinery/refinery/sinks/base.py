@@ -1,0 +1,156 @@
+"""What every sink shares: error classes, the invocation deadline, chunking and the retry loop.
+
+A sink's ``post(body)`` sends one chunk and raises one of:
+
+* :class:`Retryable` — connection errors, timeouts, 429, 5xx: may succeed later, retried with
+  backoff that honours ``Retry-After``, while the invocation has time left;
+* :class:`Refused` — the server will never accept these lines (400, 422);
+* :class:`Misconfigured` — 401, 403, 404: a wrong token, database or bucket; retrying cannot help.
+
+:meth:`Sink.write` returns only when every chunk was acknowledged; otherwise it raises
+:class:`FlushError`, and the handler fails the batch so the event source mapping retries it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+
+class SinkError(Exception):
+    """Base of the errors a sink's ``post`` raises."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Retryable(SinkError):
+    pass
+
+
+class Refused(SinkError):
+    pass
+
+
+class Misconfigured(SinkError):
+    pass
+
+
+class FlushError(RuntimeError):
+    """Not every chunk was acknowledged: the batch must fail (and be retried by the mapping)."""
+
+
+def classify_status(status: int, message: str, retry_after: float | None = None) -> SinkError:
+    if status == 429 or status >= 500:
+        return Retryable(message, status, retry_after)
+    if status in (401, 403):
+        return Misconfigured(f"{message} (check the token / user name and password and their permissions)",
+                             status)
+    if status == 404:
+        return Misconfigured(f"{message} (the database, bucket or organisation does not exist)", status)
+    return Refused(message, status)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta or HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Deadline:
+    """Time left in the invocation, less a reserve kept for reporting the outcome."""
+
+    remaining_ms: Callable[[], int]
+    reserve: float = 3.0
+
+    def remaining(self) -> float:
+        return self.remaining_ms() / 1000.0 - self.reserve
+
+
+@dataclass
+class WriteReport:
+    lines: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    attempts: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [lines[i : i + size] for i in range(0, len(lines), size)]
+
+
+class Sink:
+    """Chunking and retries around a subclass's ``post``."""
+
+    name = "sink"
+
+    def __init__(self, batch_size: int = 5000, max_retry_wait: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep, base_delay: float = 0.2):
+        self.batch_size = batch_size
+        self.max_retry_wait = max_retry_wait
+        self.sleep = sleep
+        self.base_delay = base_delay
+
+    def post(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (the sink is otherwise kept for the container's life)."""
+
+    def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
+        report = WriteReport(lines=len(lines))
+        started = time.monotonic()
+        for chunk in chunks(lines, self.batch_size):
+            body = ("\n".join(chunk) + "\n").encode()
+            self._post_with_retries(body, deadline, report)
+            report.chunks += 1
+            report.bytes += len(body)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _post_with_retries(self, body: bytes, deadline: Deadline, report: WriteReport) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            report.attempts += 1
+            try:
+                self.post(body)
+                return
+            except Retryable as exc:
+                report.errors.append(str(exc))
+                wait = self._backoff(attempt, exc.retry_after)
+                left = deadline.remaining()
+                if wait >= left:
+                    raise FlushError(
+                        f"{self.name}: gave up after {attempt} attempt(s), {max(left, 0):.1f} s left in the "
+                        f"invocation: {exc}"
+                    ) from exc
+                report.retries += 1
+                self.sleep(wait)
+            except Misconfigured as exc:
+                raise FlushError(f"{self.name}: configuration error: {exc}") from exc
+            except Refused as exc:
+                raise FlushError(f"{self.name}: the server refused the points: {exc}") from exc
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_wait)
+        ceiling = min(self.max_retry_wait, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)

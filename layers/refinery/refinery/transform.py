@@ -1,0 +1,226 @@
+"""Envelope + app metadata -> one line of InfluxDB line protocol, in the cf-metrics-refinery schema.
+
+============== ============================================= ============================================ ===========================
+measurement    tags (sorted, as written)                     fields                                       timestamp (ns)
+============== ============================================= ============================================ ===========================
+http_request   app, app_guid, instance, method, org,         count=1i, duration (s, float),               httpStartStop.startTimestamp
+               org_guid, space, space_guid, status_code      response_size (int)
+log            app, app_guid, instance, org, org_guid,       count=1i, size (decoded bytes, int)          logMessage.timestamp
+               space, space_guid, type (OUT/ERR/RTR)
+instance       app, app_guid, instance, org, org_guid,       cpu, disk, disk_pct, disk_quota, memory,     envelope timestamp
+               space, space_guid                             memory_pct, memory_quota
+============== ============================================= ============================================ ===========================
+
+Fixes of the anchor's hazards: a zero or missing quota omits the ratio field instead of writing
+NaN/Inf; a non-finite cpu value omits the field; an unknown method or message type number is
+written as its decimal; a missing or empty instance becomes ``"0"``.
+
+:func:`convert` returns the line (``str``) or a :class:`Dropped` reason, and raises
+:class:`~refinery.envelope.Poison` for a record whose fields have the wrong types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .envelope import (
+    CONTAINER_METRIC,
+    COUNTER_EVENT,
+    ERROR,
+    HTTP_START_STOP,
+    INT64_MAX,
+    INT64_MIN,
+    LOG_MESSAGE,
+    VALUE_METRIC,
+    Poison,
+    uuid_to_guid,
+)
+from .lineproto import escape_tag, format_float, tag_pair
+from .metadata.snapshot import AppInfo
+
+METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD", "ACL", "BASELINE_CONTROL", "BIND", "CHECKIN", "CHECKOUT", "CONNECT", "COPY", "DEBUG", "LABEL", "LINK", "LOCK", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MKREDIRECTREF", "MKWORKSPACE", "MOVE", "OPTIONS", "ORDERPATCH", "PATCH", "PRI", "PROPFIND", "PROPPATCH", "REBIND", "REPORT", "SEARCH", "SHOWMETHOD", "SPACEJUMP", "TEXTSEARCH", "TRACE", "TRACK", "UNBIND", "UNCHECKOUT", "UNLINK", "UNLOCK", "UPDATE", "UPDATEREDIRECTREF", "VERSION_CONTROL"]
+METHOD_NAMES = {number: name for number, name in enumerate(METHODS, start=1)}
+MESSAGE_TYPES = {1: "OUT", 2: "ERR"}
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+NS_PER_S = 1_000_000_000
+
+
+class Dropped(NamedTuple):
+    """A record dropped by policy; ``reason`` is a stable code used in logs and metrics."""
+
+    reason: str
+
+
+DROP_VALUE_METRIC = Dropped("value_metric")
+DROP_COUNTER_EVENT = Dropped("counter_event")
+DROP_ERROR_EVENT = Dropped("error_event")
+DROP_UNSUPPORTED_TYPE = Dropped("unsupported_event_type")
+DROP_LOG_SOURCE = Dropped("log_source_not_app_or_rtr")
+DROP_NO_APP_ID = Dropped("no_app_id")
+DROP_UNKNOWN_APP = Dropped("unknown_app")
+_TYPE_DROPS = {VALUE_METRIC: DROP_VALUE_METRIC, COUNTER_EVENT: DROP_COUNTER_EVENT, ERROR: DROP_ERROR_EVENT}
+
+
+@dataclass(frozen=True, slots=True)
+class AppTags:
+    """The enrichment tags of one app, escaped once: ``head`` sorts before ``instance``, ``tail`` after."""
+
+    head: str
+    tail: str
+
+    @classmethod
+    def from_info(cls, info: AppInfo) -> AppTags:
+        head = tag_pair("app", info.name) + tag_pair("app_guid", info.guid)
+        tail = (
+            tag_pair("org", info.org_name)
+            + tag_pair("org_guid", info.org_guid)
+            + tag_pair("space", info.space_name)
+            + tag_pair("space_guid", info.space_guid)
+        )
+        return cls(head, tail)
+
+
+Lookup = Callable[[str], "AppTags | None"]
+
+
+def _int(body: dict[str, Any], key: str, default: int | None, where: str, lo: int, hi: int) -> int:
+    value = body.get(key, default)
+    if type(value) is not int:
+        if value is None:
+            raise Poison("bad_field", f"{where}.{key} is missing")
+        raise Poison("bad_field", f"{where}.{key} is {type(value).__name__}, expected an integer")
+    if not lo <= value <= hi:
+        raise Poison("bad_field", f"{where}.{key} = {value} is out of range")
+    return value
+
+
+def _str(body: dict[str, Any], key: str, where: str) -> str:
+    value = body.get(key, "")
+    if type(value) is not str:
+        raise Poison("bad_field", f"{where}.{key} is {type(value).__name__}, expected a string")
+    return value
+
+
+def go_seconds(ns: int) -> float:
+    """Go's ``time.Duration(ns).Seconds()``: whole seconds plus the remainder, each as float64."""
+    ns = max(INT64_MIN, min(INT64_MAX, ns))  # time.Time.Sub saturates
+    sec = abs(ns) // NS_PER_S
+    if ns < 0:
+        sec = -sec
+    return float(sec) + float(ns - sec * NS_PER_S) / 1e9
+
+
+def base64_length(text: str) -> int:
+    """Decoded byte length of padded standard base64, without decoding it."""
+    n = len(text)
+    if n == 0:
+        return 0
+    return n // 4 * 3 - (text[-1] == "=") - (text[-2] == "=")
+
+
+def _instance(value: str) -> str:
+    return escape_tag(value) if value else "0"
+
+
+def http_line(body: dict[str, Any], tags: AppTags) -> str:
+    w = "httpStartStop"
+    start = _int(body, "startTimestamp", None, w, INT64_MIN, INT64_MAX)
+    stop = _int(body, "stopTimestamp", None, w, INT64_MIN, INT64_MAX)
+    method = _int(body, "method", 1, w, INT32_MIN, INT32_MAX)
+    status = _int(body, "statusCode", 0, w, INT32_MIN, INT32_MAX)
+    size = _int(body, "contentLength", 0, w, INT64_MIN, INT64_MAX)
+    index = _int(body, "instanceIndex", 0, w, INT32_MIN, INT32_MAX)
+    duration = format_float(go_seconds(stop - start))
+    return (
+        f"http_request{tags.head},instance={index},method={METHOD_NAMES.get(method) or method}{tags.tail}"
+        f",status_code={status} count=1i,duration={duration},response_size={size}i {start}"
+    )
+
+
+def log_line(body: dict[str, Any], tags: AppTags, kind: str) -> str:
+    w = "logMessage"
+    timestamp = _int(body, "timestamp", None, w, INT64_MIN, INT64_MAX)
+    message = _str(body, "message", w)
+    if len(message) % 4:
+        raise Poison("bad_field", "logMessage.message is not padded base64")
+    if kind != "RTR":
+        message_type = _int(body, "message_type", 1, w, INT32_MIN, INT32_MAX)
+        kind = MESSAGE_TYPES.get(message_type) or str(message_type)
+    instance = _instance(_str(body, "source_instance", w))
+    return (
+        f"log{tags.head},instance={instance}{tags.tail},type={kind}"
+        f" count=1i,size={base64_length(message)}i {timestamp}"
+    )
+
+
+def container_line(body: dict[str, Any], timestamp: Any, tags: AppTags) -> str:
+    w = "containerMetric"
+    if type(timestamp) is not int or not INT64_MIN <= timestamp <= INT64_MAX:
+        raise Poison("bad_field", "envelope timestamp of a containerMetric is missing or not an int64")
+    index = _int(body, "instanceIndex", 0, w, INT32_MIN, INT32_MAX)
+    memory = _int(body, "memoryBytes", 0, w, 0, INT64_MAX)
+    disk = _int(body, "diskBytes", 0, w, 0, INT64_MAX)
+    memory_quota = _int(body, "memoryBytesQuota", 0, w, 0, INT64_MAX)
+    disk_quota = _int(body, "diskBytesQuota", 0, w, 0, INT64_MAX)
+    cpu = body.get("cpuPercentage", 0.0)
+    if type(cpu) is not float and type(cpu) is not int:
+        raise Poison("bad_field", f"containerMetric.cpuPercentage is {type(cpu).__name__}, expected a number")
+    fields = []
+    cpu_text = format_float(float(cpu))
+    if cpu_text is not None:
+        fields.append(f"cpu={cpu_text}")
+    fields.append(f"disk={disk}i")
+    if disk_quota:
+        fields.append(f"disk_pct={format_float(float(disk) / float(disk_quota))}")
+    fields.append(f"disk_quota={disk_quota}i")
+    fields.append(f"memory={memory}i")
+    if memory_quota:
+        fields.append(f"memory_pct={format_float(float(memory) / float(memory_quota))}")
+    fields.append(f"memory_quota={memory_quota}i")
+    return f"instance{tags.head},instance={index}{tags.tail} {','.join(fields)} {timestamp}"
+
+
+def _body(envelope: dict[str, Any], key: str) -> dict[str, Any]:
+    body = envelope.get(key)
+    if type(body) is not dict:
+        raise Poison("bad_envelope", f"eventType {envelope.get('eventType')} but no {key!r} object")
+    return body
+
+
+def convert(envelope: dict[str, Any], lookup: Lookup) -> str | Dropped:
+    """One envelope -> its line, or why it was dropped. Raises Poison for malformed envelopes."""
+    event_type = envelope.get("eventType")
+    if event_type == LOG_MESSAGE:
+        body = _body(envelope, "logMessage")
+        source = _str(body, "source_type", "logMessage")
+        if source.startswith(("APP", "App")):
+            kind = "APP"
+        elif source.startswith("RTR"):
+            kind = "RTR"
+        else:
+            return DROP_LOG_SOURCE
+        guid = _str(body, "app_id", "logMessage")
+    elif event_type == HTTP_START_STOP:
+        body = _body(envelope, "httpStartStop")
+        guid = uuid_to_guid(body.get("applicationId"))
+    elif event_type == CONTAINER_METRIC:
+        body = _body(envelope, "containerMetric")
+        guid = _str(body, "applicationId", "containerMetric")
+    elif type(event_type) is int:
+        return _TYPE_DROPS.get(event_type, DROP_UNSUPPORTED_TYPE)
+    elif event_type is None:
+        raise Poison("bad_envelope", "envelope has no eventType")
+    else:
+        raise Poison("bad_field", f"eventType is {type(event_type).__name__}, expected an integer")
+    if not guid:
+        return DROP_NO_APP_ID
+    tags = lookup(guid)
+    if tags is None:
+        return DROP_UNKNOWN_APP
+    if event_type == LOG_MESSAGE:
+        return log_line(body, tags, kind)
+    if event_type == HTTP_START_STOP:
+        return http_line(body, tags)
+    return container_line(body, envelope.get("timestamp"), tags)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install the real servers the integration tests, the demo and the benchmark start on 127.0.0.1:
+# InfluxDB 1.x (influxd, Debian package "influxdb") and VictoriaMetrics ("victoria-metrics").
+# Idempotent: does nothing when both binaries are already on PATH. moto comes from pip (dev extra).
+set -euo pipefail
+
+missing=()
+command -v influxd >/dev/null 2>&1 || missing+=(influxd)
+command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-servers: influxd and victoria-metrics already installed"
+    exit 0
+fi
+echo "install-test-servers: missing ${missing[*]}; installing Debian packages influxdb influxdb-client victoria-metrics"
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-servers: apt-get not found; install influxdb (1.x) and victoria-metrics by hand" >&2
+    exit 1
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-test-servers: not root and sudo is not available; run as root" >&2
+        exit 1
+    fi
+    sudo=(sudo)
+fi
+
+if ! "${sudo[@]}" apt-get update; then
+    echo "install-test-servers: apt-get update failed" >&2
+    exit 1
+fi
+if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y influxdb influxdb-client victoria-metrics; then
+    echo "install-test-servers: apt-get install influxdb influxdb-client victoria-metrics failed" >&2
+    exit 1
+fi
+
+for bin in influxd victoria-metrics; do
+    if ! command -v "$bin" >/dev/null 2>&1; then
+        echo "install-test-servers: $bin still not on PATH after installing" >&2
+        exit 1
+    fi
+done
+echo "install-test-servers: installed influxd ($(influxd version 2>/dev/null || echo '?')) and victoria-metrics"
