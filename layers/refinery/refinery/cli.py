@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     invoke = sub.add_parser("invoke", help="run a Lambda handler in-process with a Lambda-like context")
     invoke.add_argument("function", choices=["enricher", "refresh"])
     invoke.add_argument("--event", required=True, help="event JSON file (e.g. events/msk.json)")
-    invoke.add_argument("--dry-run", action="store_true",
-                        help="write nothing; print the line protocol on stdout (the result goes to stderr)")
+    invoke.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing; print the line protocol on stdout (the result goes to stderr)",
+    )
     invoke.add_argument("--timeout", type=float, default=60.0, help="the function's timeout in seconds")
     invoke.set_defaults(func=cmd_invoke)
 

@@ -103,43 +103,104 @@ def _str(text: str) -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     # --- InfluxDB sink -------------------------------------------------------------------------
-    Setting("INFLUX_URL", parse_url, None,
-            "InfluxDB base URL. Unset: write nothing; `refinery invoke` prints the line protocol.", "influx"),
-    Setting("INFLUX_TOKEN", _str, None,
-            "v2 API token (InfluxDB 2.x/3.x/Cloud; for 1.8+ use `user:password`).", "influx", secret=True),
+    Setting(
+        "INFLUX_URL",
+        parse_url,
+        None,
+        "InfluxDB base URL. Unset: write nothing; `refinery invoke` prints the line protocol.",
+        "influx",
+    ),
+    Setting(
+        "INFLUX_TOKEN",
+        _str,
+        None,
+        "v2 API token (InfluxDB 2.x/3.x/Cloud; for 1.8+ use `user:password`).",
+        "influx",
+        secret=True,
+    ),
     Setting("INFLUX_ORG", _str, None, "v2 API organisation (name or ID).", "influx"),
-    Setting("INFLUX_BUCKET", _str, None, "v2 API bucket (for InfluxDB 1.8+: `database/retention-policy`).",
-            "influx"),
-    Setting("INFLUX_DATABASE", _str, None,
-            "Set to use the v1 `/write` API (InfluxDB 1.x up to 1.7): the target database.", "influx"),
-    Setting("INFLUX_RETENTION_POLICY", _str, "", "v1 API retention policy (empty: the database default).",
-            "influx"),
+    Setting(
+        "INFLUX_BUCKET",
+        _str,
+        None,
+        "v2 API bucket (for InfluxDB 1.8+: `database/retention-policy`).",
+        "influx",
+    ),
+    Setting(
+        "INFLUX_DATABASE",
+        _str,
+        None,
+        "Set to use the v1 `/write` API (InfluxDB 1.x up to 1.7): the target database.",
+        "influx",
+    ),
+    Setting(
+        "INFLUX_RETENTION_POLICY",
+        _str,
+        "",
+        "v1 API retention policy (empty: the database default).",
+        "influx",
+    ),
     Setting("INFLUX_USERNAME", _str, "", "v1 API user name (empty: no authentication).", "influx"),
     Setting("INFLUX_PASSWORD", _str, "", "v1 API password.", "influx", secret=True),
     Setting("INFLUX_BATCH_SIZE", parse_positive_int, "5000", "Lines per write request (chunk).", "influx"),
     Setting("INFLUX_TIMEOUT", parse_duration, "10s", "Timeout of one write request.", "influx"),
     Setting("INFLUX_GZIP", parse_bool, "true", "Gzip-compress write requests.", "influx"),
     Setting("INFLUX_VERIFY_TLS", parse_bool, "true", "Verify the server's TLS certificate.", "influx"),
-    Setting("INFLUX_MAX_RETRY_WAIT", parse_duration, "30s",
-            "Longest single wait between write retries (Retry-After is honoured up to this).", "influx"),
-    Setting("FLUSH_TIME_RESERVE", parse_duration, "3s",
-            "Time kept back from the invocation's deadline: retries stop when less than this remains.",
-            "influx"),
+    Setting(
+        "INFLUX_MAX_RETRY_WAIT",
+        parse_duration,
+        "30s",
+        "Longest single wait between write retries (Retry-After is honoured up to this).",
+        "influx",
+    ),
+    Setting(
+        "FLUSH_TIME_RESERVE",
+        parse_duration,
+        "3s",
+        "Time kept back from the invocation's deadline: retries stop when less than this remains.",
+        "influx",
+    ),
     # --- Metadata ------------------------------------------------------------------------------
-    Setting("METADATA_BUCKET", _str, None, "S3 bucket holding the metadata snapshot (and, by default, "
-            "quarantined records).", "metadata"),
-    Setting("METADATA_KEY", parse_s3_key, "metadata/apps.json.gz", "S3 key of the metadata snapshot.",
-            "metadata"),
-    Setting("METADATA_FILE", _str, None,
-            "Local snapshot file used instead of S3 (local runs and tests).", "metadata"),
-    Setting("SNAPSHOT_CHECK_INTERVAL", parse_duration, "60s",
-            "How often a warm container checks whether the snapshot changed.", "metadata"),
+    Setting(
+        "METADATA_BUCKET",
+        _str,
+        None,
+        "S3 bucket holding the metadata snapshot (and, by default, quarantined records).",
+        "metadata",
+    ),
+    Setting(
+        "METADATA_KEY", parse_s3_key, "metadata/apps.json.gz", "S3 key of the metadata snapshot.", "metadata"
+    ),
+    Setting(
+        "METADATA_FILE",
+        _str,
+        None,
+        "Local snapshot file used instead of S3 (local runs and tests).",
+        "metadata",
+    ),
+    Setting(
+        "SNAPSHOT_CHECK_INTERVAL",
+        parse_duration,
+        "60s",
+        "How often a warm container checks whether the snapshot changed.",
+        "metadata",
+    ),
     # --- Quarantine ----------------------------------------------------------------------------
-    Setting("QUARANTINE_BUCKET", _str, None,
-            "S3 bucket for records that cannot be processed (default: METADATA_BUCKET).", "quarantine"),
+    Setting(
+        "QUARANTINE_BUCKET",
+        _str,
+        None,
+        "S3 bucket for records that cannot be processed (default: METADATA_BUCKET).",
+        "quarantine",
+    ),
     Setting("QUARANTINE_PREFIX", _str, "quarantine/", "Key prefix of quarantine objects.", "quarantine"),
-    Setting("QUARANTINE_DIR", _str, "refinery-quarantine",
-            "Local directory for quarantine objects when no bucket is set (local runs).", "quarantine"),
+    Setting(
+        "QUARANTINE_DIR",
+        _str,
+        "refinery-quarantine",
+        "Local directory for quarantine objects when no bucket is set (local runs).",
+        "quarantine",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -264,7 +325,10 @@ def load_config(
                     "(or INFLUX_TOKEN_SECRET / INFLUX_TOKEN_PARAMETER)"
                 )
             influx = InfluxConfig(
-                api="v2", token=token, org=values["INFLUX_ORG"] or "", bucket=values["INFLUX_BUCKET"] or "",
+                api="v2",
+                token=token,
+                org=values["INFLUX_ORG"] or "",
+                bucket=values["INFLUX_BUCKET"] or "",
                 **common,
             )
     if values["METADATA_FILE"] and not os.path.isfile(values["METADATA_FILE"]):

@@ -54,9 +54,13 @@ class Poison(ValueError):
 def decode_value(value: Any) -> dict[str, Any]:
     """Base64 Kafka record value -> envelope object. Raises :class:`Poison`."""
     if not isinstance(value, str):
-        raise Poison("missing_value", "record has no value" if value is None else "record value is not a string")
+        raise Poison(
+            "missing_value", "record has no value" if value is None else "record value is not a string"
+        )
     if len(value) > MAX_VALUE_BYTES * 4 // 3 + 4:
-        raise Poison("too_large", f"record value is {len(value)} base64 characters (limit {MAX_VALUE_BYTES} bytes)")
+        raise Poison(
+            "too_large", f"record value is {len(value)} base64 characters (limit {MAX_VALUE_BYTES} bytes)"
+        )
     try:
         raw = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
@@ -85,7 +89,11 @@ def uuid_to_guid(uuid: Any) -> str | None:
         return None
     low = uuid.get("low", 0)
     high = uuid.get("high", 0)
-    if type(low) is not int or type(high) is not int or not (0 <= low <= UINT64_MAX and 0 <= high <= UINT64_MAX):
+    if (
+        type(low) is not int
+        or type(high) is not int
+        or not (0 <= low <= UINT64_MAX and 0 <= high <= UINT64_MAX)
+    ):
         raise Poison("bad_field", f"applicationId {uuid!r} is not a pair of unsigned 64-bit integers")
     h = (low.to_bytes(8, "little") + high.to_bytes(8, "little")).hex()
     return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"

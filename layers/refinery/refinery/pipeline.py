@@ -63,8 +63,10 @@ class BatchResult:
             "quarantined_by_reason": dict(self.quarantined),
             "duplicate_points": self.duplicate_points,
             "timestamp_adjusted": self.timestamp_adjusted,
-            "partitions": {k: {"first_offset": v[0], "last_offset": v[1], "records": v[2]}
-                           for k, v in self.partitions.items()},
+            "partitions": {
+                k: {"first_offset": v[0], "last_offset": v[1], "records": v[2]}
+                for k, v in self.partitions.items()
+            },
             "quarantine_object": self.quarantine_object,
             "sink_chunks": sink.chunks,
             "sink_bytes": sink.bytes,
@@ -110,8 +112,11 @@ def transform_batch(event: dict[str, Any], store: MetadataStore) -> Transformed:
             continue
         if type(outcome) is Dropped:
             if outcome is DROP_UNKNOWN_APP and not store.available:
-                bad.append(QuarantinedRecord(key, record, METADATA_UNAVAILABLE,
-                                             "no metadata snapshot could be loaded"))
+                bad.append(
+                    QuarantinedRecord(
+                        key, record, METADATA_UNAVAILABLE, "no metadata snapshot could be loaded"
+                    )
+                )
                 result.quarantined[METADATA_UNAVAILABLE] += 1
             else:
                 result.dropped[outcome.reason] += 1

@@ -98,13 +98,18 @@ class Quarantine:
         try:
             if self.bucket:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body,
-                    ContentType="application/x-ndjson", ContentEncoding="gzip",
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/x-ndjson",
+                    ContentEncoding="gzip",
                 )
             else:
                 os.makedirs(os.path.dirname(where), exist_ok=True)
                 with open(where, "wb") as handle:
                     handle.write(body)
         except Exception as exc:
-            raise QuarantineError(f"cannot write {len(records)} quarantined record(s) to {where}: {exc}") from exc
+            raise QuarantineError(
+                f"cannot write {len(records)} quarantined record(s) to {where}: {exc}"
+            ) from exc
         return where

@@ -1,15 +1,14 @@
 """Envelope + app metadata -> one line of InfluxDB line protocol, in the cf-metrics-refinery schema.
 
-============== ============================================= ============================================ ===========================
-measurement    tags (sorted, as written)                     fields                                       timestamp (ns)
-============== ============================================= ============================================ ===========================
-http_request   app, app_guid, instance, method, org,         count=1i, duration (s, float),               httpStartStop.startTimestamp
-               org_guid, space, space_guid, status_code      response_size (int)
-log            app, app_guid, instance, org, org_guid,       count=1i, size (decoded bytes, int)          logMessage.timestamp
-               space, space_guid, type (OUT/ERR/RTR)
-instance       app, app_guid, instance, org, org_guid,       cpu, disk, disk_pct, disk_quota, memory,     envelope timestamp
-               space, space_guid                             memory_pct, memory_quota
-============== ============================================= ============================================ ===========================
+Measurements (tags are written sorted; the six enrichment tags are app, app_guid, space, space_guid,
+org, org_guid):
+
+* ``http_request`` (HttpStartStop): tags + ``instance``, ``method``, ``status_code``; fields
+  ``count=1i``, ``duration`` (seconds, float), ``response_size`` (int); time ``startTimestamp``.
+* ``log`` (LogMessage from APP*/App* or RTR sources): tags + ``instance``, ``type`` (OUT, ERR or
+  RTR); fields ``count=1i``, ``size`` (decoded message bytes, int); time ``logMessage.timestamp``.
+* ``instance`` (ContainerMetric): tags + ``instance``; fields ``cpu``, ``disk``, ``disk_pct``,
+  ``disk_quota``, ``memory``, ``memory_pct``, ``memory_quota``; time: the envelope's timestamp.
 
 Fixes of the anchor's hazards: a zero or missing quota omits the ratio field instead of writing
 NaN/Inf; a non-finite cpu value omits the field; an unknown method or message type number is
@@ -40,7 +39,12 @@ from .envelope import (
 from .lineproto import escape_tag, format_float, tag_pair
 from .metadata.snapshot import AppInfo
 
-METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD", "ACL", "BASELINE_CONTROL", "BIND", "CHECKIN", "CHECKOUT", "CONNECT", "COPY", "DEBUG", "LABEL", "LINK", "LOCK", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MKREDIRECTREF", "MKWORKSPACE", "MOVE", "OPTIONS", "ORDERPATCH", "PATCH", "PRI", "PROPFIND", "PROPPATCH", "REBIND", "REPORT", "SEARCH", "SHOWMETHOD", "SPACEJUMP", "TEXTSEARCH", "TRACE", "TRACK", "UNBIND", "UNCHECKOUT", "UNLINK", "UNLOCK", "UPDATE", "UPDATEREDIRECTREF", "VERSION_CONTROL"]
+METHODS = (
+    "GET POST PUT DELETE HEAD ACL BASELINE_CONTROL BIND CHECKIN CHECKOUT CONNECT COPY DEBUG LABEL LINK LOCK"
+    " MERGE MKACTIVITY MKCALENDAR MKCOL MKREDIRECTREF MKWORKSPACE MOVE OPTIONS ORDERPATCH PATCH PRI PROPFIND"
+    " PROPPATCH REBIND REPORT SEARCH SHOWMETHOD SPACEJUMP TEXTSEARCH TRACE TRACK UNBIND UNCHECKOUT UNLINK"
+    " UNLOCK UPDATE UPDATEREDIRECTREF VERSION_CONTROL"
+).split()  # the sonde-go Method enum, numbered from 1
 METHOD_NAMES = {number: name for number, name in enumerate(METHODS, start=1)}
 MESSAGE_TYPES = {1: "OUT", 2: "ERR"}
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1

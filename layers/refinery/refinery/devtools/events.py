@@ -6,7 +6,9 @@ import base64
 from collections.abc import Iterable
 from typing import Any
 
-SAMPLE_CLUSTER_ARN = "arn:aws:kafka:us-east-1:123456789012:cluster/cf-firehose/1b2c3d4e-0000-4a5b-9c8d-123456789abc-2"
+SAMPLE_CLUSTER_ARN = (
+    "arn:aws:kafka:us-east-1:123456789012:cluster/cf-firehose/1b2c3d4e-0000-4a5b-9c8d-123456789abc-2"
+)
 SAMPLE_BOOTSTRAP = "b-1.cf-firehose.abcdef.c2.kafka.us-east-1.amazonaws.com:9098"
 
 
@@ -24,15 +26,17 @@ def build_kafka_event(
     offsets = [first_offset] * partitions
     for i, value in enumerate(values):
         partition = i % partitions
-        records.setdefault(f"{topic}-{partition}", []).append({
-            "topic": topic,
-            "partition": partition,
-            "offset": offsets[partition],
-            "timestamp": timestamp_ms + i,
-            "timestampType": "CREATE_TIME",
-            "value": base64.b64encode(value).decode(),
-            "headers": [],
-        })
+        records.setdefault(f"{topic}-{partition}", []).append(
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offsets[partition],
+                "timestamp": timestamp_ms + i,
+                "timestampType": "CREATE_TIME",
+                "value": base64.b64encode(value).decode(),
+                "headers": [],
+            }
+        )
         offsets[partition] += 1
     event: dict[str, Any] = {"eventSource": source}
     if source == "aws:kafka":

@@ -484,7 +484,8 @@ class VictoriaMetricsServer(_ProcessServer):
                 raise RuntimeError(
                     f"VictoriaMetrics export failed: HTTP {resp.status_code}: {resp.text[:500]}"
                 )
-            series = [json.loads(line) for line in resp.text.splitlines() if line.strip()]
+            # One JSON object per "\n"-terminated line; not splitlines(): labels may hold U+2028 etc.
+            series = [json.loads(line) for line in resp.text.split("\n") if line.strip()]
             if sum(len(s["values"]) for s in series) >= min_samples or time.monotonic() >= deadline:
                 return series
             time.sleep(0.05)

@@ -226,7 +226,9 @@ class CloudControllerClient:
         while url is not None:
             if url in seen:
                 raise CloudControllerError(
-                    f"GET {_path(url)}: pagination loops back to a page already read", method="GET", path=_path(url)
+                    f"GET {_path(url)}: pagination loops back to a page already read",
+                    method="GET",
+                    path=_path(url),
                 )
             seen.add(url)
             page = self._get_json(url, deadline=deadline)
@@ -286,12 +288,16 @@ class CloudControllerClient:
             return None
         name = _get_str(doc, "name")
         if name is None:
-            raise CloudControllerError(f"GET {_path(url)}: app resource has no name", method="GET", path=_path(url))
+            raise CloudControllerError(
+                f"GET {_path(url)}: app resource has no name", method="GET", path=_path(url)
+            )
         spaces: dict[str, tuple[str, str | None]] = {}
         orgs: dict[str, str] = {}
         _collect_included(doc.get("included"), spaces, orgs)
         stats = ListStats()
-        info = _join(_get_str(doc, "guid") or guid, name, _relationship_guid(doc, "space"), spaces, orgs, stats)
+        info = _join(
+            _get_str(doc, "guid") or guid, name, _relationship_guid(doc, "space"), spaces, orgs, stats
+        )
         if info is None:
             raise CloudControllerError(
                 f"GET {_path(url)}: app's space or organization missing from 'included'",
@@ -315,7 +321,9 @@ class CloudControllerClient:
         if (link.scheme, link.netloc) == (base.scheme, base.netloc):
             return href
         if not link.path.startswith("/v3/"):
-            raise CloudControllerError(f"unexpected pagination link path {link.path!r}", method="GET", path=link.path)
+            raise CloudControllerError(
+                f"unexpected pagination link path {link.path!r}", method="GET", path=link.path
+            )
         return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + link.path, link.query, ""))
 
     def _get_json(self, url: str, *, deadline: float | None, not_found_ok: bool = False) -> Any:
@@ -430,7 +438,10 @@ class CloudControllerClient:
             where = f"{method} {_path(url)}"
             if attempt >= self.max_attempts:
                 raise CloudControllerUnavailable(
-                    f"{where}: {problem}; gave up after {attempt} attempts", method=method, path=_path(url), status=status
+                    f"{where}: {problem}; gave up after {attempt} attempts",
+                    method=method,
+                    path=_path(url),
+                    status=status,
                 ) from cause
             delay = hint if hint is not None else self._backoff(attempt)
             if delay > self.max_retry_wait:
@@ -515,9 +526,7 @@ def _relationship_guid(resource: Mapping[str, Any], name: str) -> str | None:
     return guid if isinstance(guid, str) else None
 
 
-def _collect_included(
-    included: Any, spaces: dict[str, tuple[str, str | None]], orgs: dict[str, str]
-) -> None:
+def _collect_included(included: Any, spaces: dict[str, tuple[str, str | None]], orgs: dict[str, str]) -> None:
     if not isinstance(included, Mapping):
         return
     for space in included.get("spaces") or ():

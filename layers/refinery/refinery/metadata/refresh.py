@@ -111,7 +111,9 @@ def refresh_snapshot(
         previous_apps=previous_apps,
         reason=reason,
     )
-    log.info("metadata refresh: %s (%d pages, %d bytes, %.1fs)", reason, stats.pages, len(body), result.duration_s)
+    log.info(
+        "metadata refresh: %s (%d pages, %d bytes, %.1fs)", reason, stats.pages, len(body), result.duration_s
+    )
     return result
 
 

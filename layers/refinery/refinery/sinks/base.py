@@ -49,8 +49,9 @@ def classify_status(status: int, message: str, retry_after: float | None = None)
     if status == 429 or status >= 500:
         return Retryable(message, status, retry_after)
     if status in (401, 403):
-        return Misconfigured(f"{message} (check the token / user name and password and their permissions)",
-                             status)
+        return Misconfigured(
+            f"{message} (check the token / user name and password and their permissions)", status
+        )
     if status == 404:
         return Misconfigured(f"{message} (the database, bucket or organisation does not exist)", status)
     return Refused(message, status)
@@ -101,8 +102,13 @@ class Sink:
 
     name = "sink"
 
-    def __init__(self, batch_size: int = 5000, max_retry_wait: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep, base_delay: float = 0.2):
+    def __init__(
+        self,
+        batch_size: int = 5000,
+        max_retry_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        base_delay: float = 0.2,
+    ):
         self.batch_size = batch_size
         self.max_retry_wait = max_retry_wait
         self.sleep = sleep

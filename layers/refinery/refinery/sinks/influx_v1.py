@@ -22,10 +22,12 @@ class InfluxV1Sink(Sink):
         if config.retention_policy:
             self.params["rp"] = config.retention_policy
         self.session = requests.Session()
-        self.session.headers.update({
-            "User-Agent": f"refinery/{__version__}",
-            "Content-Type": "text/plain; charset=utf-8",
-        })
+        self.session.headers.update(
+            {
+                "User-Agent": f"refinery/{__version__}",
+                "Content-Type": "text/plain; charset=utf-8",
+            }
+        )
         if config.gzip:
             self.session.headers["Content-Encoding"] = "gzip"
         if config.username:
@@ -42,7 +44,9 @@ class InfluxV1Sink(Sink):
         if response.status_code in (200, 204):
             return
         message = f"POST {self.url} answered {response.status_code}: {response.text.strip()[:500]}"
-        raise classify_status(response.status_code, message, parse_retry_after(response.headers.get("Retry-After")))
+        raise classify_status(
+            response.status_code, message, parse_retry_after(response.headers.get("Retry-After"))
+        )
 
     def close(self) -> None:
         self.session.close()

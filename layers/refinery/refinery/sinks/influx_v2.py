@@ -45,8 +45,10 @@ class InfluxV2Sink(Sink):
         except ApiException as exc:
             status = int(exc.status or 0)
             headers = exc.headers or {}
-            detail = (exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or ""))
-            message = f"write to {self.config.url} bucket {self.config.bucket!r} answered {status}: {detail[:500]}"
+            detail = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+            message = (
+                f"write to {self.config.url} bucket {self.config.bucket!r} answered {status}: {detail[:500]}"
+            )
             if status == 0:
                 raise Retryable(message) from exc
             raise classify_status(status, message, parse_retry_after(headers.get("Retry-After"))) from exc
