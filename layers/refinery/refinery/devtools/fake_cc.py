@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import math
 import random
 import secrets
@@ -910,15 +911,11 @@ def _basic_credentials(header: str | None) -> tuple[str | None, str | None]:
 
 def _reset(conn: socket.socket) -> None:
     """Close a connection with a TCP RST (no response, no graceful FIN)."""
-    try:
+    with contextlib.suppress(OSError):
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         conn.close()
-    except OSError:
-        pass
 
 
 class _Server(ThreadingHTTPServer):

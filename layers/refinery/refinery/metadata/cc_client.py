@@ -270,8 +270,8 @@ class CloudControllerClient:
         stats.apps, stats.spaces, stats.orgs = len(apps), len(spaces), len(orgs)
         if stats.dropped:
             log.warning(
-                "Cloud Controller listing: %d app(s) dropped (space missing: %d, org missing: %d, malformed: %d),"
-                " e.g. %s",
+                "Cloud Controller listing: %d app(s) dropped (space missing: %d, org missing: %d,"
+                " malformed: %d), e.g. %s",
                 stats.dropped,
                 stats.missing_space,
                 stats.missing_org,
@@ -446,15 +446,16 @@ class CloudControllerClient:
             delay = hint if hint is not None else self._backoff(attempt)
             if delay > self.max_retry_wait:
                 raise CloudControllerUnavailable(
-                    f"{where}: {problem}; server asks to wait {delay:.0f}s, more than the {self.max_retry_wait:.0f}s"
-                    " allowed",
+                    f"{where}: {problem}; server asks to wait {delay:.0f}s, more than the"
+                    f" {self.max_retry_wait:.0f}s allowed",
                     method=method,
                     path=_path(url),
                     status=status,
                 ) from cause
             if deadline is not None and self._clock() + delay > deadline:
                 raise CloudControllerUnavailable(
-                    f"{where}: {problem}; a retry in {delay:.1f}s would pass the deadline (attempt {attempt})",
+                    f"{where}: {problem}; a retry in {delay:.1f}s would pass the deadline"
+                    f" (attempt {attempt})",
                     method=method,
                     path=_path(url),
                     status=status,

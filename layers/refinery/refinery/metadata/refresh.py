@@ -72,8 +72,8 @@ def refresh_snapshot(
     apps, stats = client.list_apps(deadline=deadline)
     if stats.dropped:
         notes.append(
-            f"{stats.dropped} app(s) left out: space missing {stats.missing_space}, org missing {stats.missing_org},"
-            f" malformed {stats.malformed}"
+            f"{stats.dropped} app(s) left out: space missing {stats.missing_space},"
+            f" org missing {stats.missing_org}, malformed {stats.malformed}"
         )
 
     previous_apps = len(previous) if previous is not None else None

@@ -1,0 +1,49 @@
+# Refinery developer targets. `make test` and `make demo` install what they need themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: setup servers lint test unit integration demo bench build validate clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+servers:
+	bash scripts/install-test-servers.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+validate: setup
+	$(BIN)/sam validate --lint --region $(AWS_DEFAULT_REGION)
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: setup servers
+	$(BIN)/python -m pytest tests/integration -q
+
+test: setup servers lint validate
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/refinery demo
+
+bench: setup servers
+	$(BIN)/refinery bench
+
+build: setup
+	$(BIN)/sam build
+
+clean:
+	rm -rf .aws-sam .pytest_cache .ruff_cache refinery-quarantine

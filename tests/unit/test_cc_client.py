@@ -1,0 +1,444 @@
+"""CloudControllerClient against the fake Cloud Controller + UAA on loopback."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import pytest
+import requests
+from refinery.devtools.fake_cc import FakeCloudController, Foundation, Space
+from refinery.metadata.cc_client import (
+    CloudControllerAuthError,
+    CloudControllerClient,
+    CloudControllerError,
+    CloudControllerUnavailable,
+    parse_retry_after,
+    token_refresh_margin,
+)
+
+SECRET = "refinery-secret"
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleeps:
+    """Records requested waits instead of sleeping; optional callback on each wait."""
+
+    def __init__(self, clock: FakeClock | None = None, on_sleep=None) -> None:
+        self.waits: list[float] = []
+        self.clock = clock
+        self.on_sleep = on_sleep
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.clock is not None:
+            self.clock.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(len(self.waits))
+
+
+@pytest.fixture
+def foundation() -> Foundation:
+    return Foundation.generate(orgs=3, spaces_per_org=2, apps_per_space=10, seed=7, stopped_every=4)
+
+
+@pytest.fixture
+def cc(foundation: Foundation) -> Iterator[FakeCloudController]:
+    with FakeCloudController(foundation, client_secret=SECRET) as server:
+        yield server
+
+
+def make_client(cc: FakeCloudController, **kwargs) -> CloudControllerClient:
+    kwargs.setdefault("per_page", 7)
+    kwargs.setdefault("sleep", Sleeps())
+    kwargs.setdefault("rng", random.Random(1))
+    kwargs.setdefault("timeout", (2.0, 5.0))
+    return CloudControllerClient(cc.url, "refinery", SECRET, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- listing
+
+
+def test_list_apps_across_pages_joins_names(cc: FakeCloudController, foundation: Foundation) -> None:
+    client = make_client(cc)
+    apps, stats = client.list_apps()
+
+    assert apps == foundation.app_infos()
+    assert stats.pages == 9  # 60 apps, 7 per page
+    assert (stats.apps, stats.spaces, stats.orgs) == (60, 6, 3)
+    assert stats.dropped == 0 and stats.duplicates == 0
+    pages = [r for r in cc.requests if r.path == "/v3/apps"]
+    assert [r.query.get("page", "1") for r in pages] == [str(n) for n in range(1, 10)]
+    assert all(r.query["include"] == "space.organization" and r.query["per_page"] == "7" for r in pages)
+
+
+def test_list_apps_keeps_stopped_apps(cc: FakeCloudController, foundation: Foundation) -> None:
+    stopped = {a.guid for a in foundation.apps.values() if a.state == "STOPPED"}
+    assert stopped
+    apps, _ = make_client(cc).list_apps()
+    assert stopped <= apps.keys()
+
+
+def test_iter_app_pages_yields_raw_v3_pages(cc: FakeCloudController) -> None:
+    pages = list(make_client(cc, per_page=25).iter_app_pages())
+    assert len(pages) == 3
+    first, last = pages[0]["pagination"], pages[-1]["pagination"]
+    assert first["total_results"] == 60 and first["total_pages"] == 3
+    assert first["previous"] is None and "page=2" in first["next"]["href"]
+    assert last["next"] is None and "page=2" in last["previous"]["href"]
+    assert {"spaces", "organizations"} <= pages[0]["included"].keys()
+    assert sum(len(p["resources"]) for p in pages) == 60
+
+
+def test_apps_whose_space_or_org_is_missing_are_counted(
+    cc: FakeCloudController, foundation: Foundation
+) -> None:
+    # A space whose org is unknown, and apps in a space that no longer exists (e.g. deleted mid-listing).
+    foundation.spaces["orphan-space"] = Space("orphan-space", "orphan", "no-such-org", "", "")
+    orphan = foundation.add_app("orphan", "orphan-space")
+    foundation.spaces["gone-space"] = Space("gone-space", "gone", next(iter(foundation.orgs)), "", "")
+    ghosts = {foundation.add_app(f"ghost-{n}", "gone-space").guid for n in range(2)}
+    del foundation.spaces["gone-space"]
+
+    apps, stats = make_client(cc).list_apps()
+
+    assert (stats.missing_space, stats.missing_org, stats.dropped) == (2, 1, 3)
+    assert set(stats.unresolved) == ghosts | {orphan.guid}
+    assert stats.resources == 63 and stats.apps == len(apps) == 60
+    assert not (ghosts | {orphan.guid}) & apps.keys()
+
+
+# ------------------------------------------------------------------------------------------- get_app
+
+
+def test_get_app_returns_info_or_none(cc: FakeCloudController, foundation: Foundation) -> None:
+    client = make_client(cc)
+    guid = next(iter(foundation.apps))
+    assert client.get_app(guid) == foundation.app_info(guid)
+    assert client.get_app("00000000-0000-4000-8000-000000000000") is None
+    assert cc.count("/v3/apps/00000000-0000-4000-8000-000000000000") == 1
+    assert cc.count(prefix="/v3/apps/") == 2
+
+
+def test_get_app_sees_renames(cc: FakeCloudController, foundation: Foundation) -> None:
+    client = make_client(cc)
+    guid = next(iter(foundation.apps))
+    foundation.rename_app(guid, "renamed")
+    info = client.get_app(guid)
+    assert info is not None and info.name == "renamed"
+
+
+def test_unknown_route_404_is_an_error_not_a_missing_app(cc: FakeCloudController) -> None:
+    client = CloudControllerClient(cc.url + "/wrong", "refinery", SECRET, uaa_url=cc.uaa_url)
+    with pytest.raises(CloudControllerError, match=r"404 CF-NotFound"):
+        client.get_app("whatever")
+
+
+# -------------------------------------------------------------------------------------- UAA / tokens
+
+
+def test_uaa_url_discovered_from_root(cc: FakeCloudController) -> None:
+    client = make_client(cc)
+    assert client.uaa_url is None
+    client.list_apps()
+    assert client.uaa_url == f"{cc.url}/uaa"
+    assert cc.count("/") == 1
+    assert cc.count("/uaa/oauth/token", method="POST") == 1
+
+
+def test_uaa_discovery_falls_back_to_login_link(foundation: Foundation) -> None:
+    class NoUaaLink(FakeCloudController):
+        def _root(self):
+            doc = super()._root()
+            doc["links"]["uaa"] = None
+            return doc
+
+    with NoUaaLink(foundation, client_secret=SECRET) as server:
+        client = make_client(server)
+        assert client.get_app(next(iter(foundation.apps))) is not None
+        assert client.uaa_url == f"{server.url}/login"
+        assert server.count("/login/oauth/token", method="POST") == 1
+
+
+def test_explicit_uaa_url_skips_discovery(cc: FakeCloudController) -> None:
+    client = make_client(cc, uaa_url=cc.uaa_url + "/")
+    client.list_apps()
+    assert cc.count("/") == 0
+
+
+def test_token_is_cached_across_pages_and_calls(cc: FakeCloudController, foundation: Foundation) -> None:
+    client = make_client(cc)
+    client.list_apps()
+    for guid in list(foundation.apps)[:5]:
+        client.get_app(guid)
+    assert cc.token_requests == 1
+    assert cc.count(prefix="/v3/") == 9 + 5
+
+
+def test_token_renewed_after_server_side_expiry(cc: FakeCloudController) -> None:
+    client = make_client(cc)
+    client.list_apps()
+    cc.expire_all_tokens()
+    apps, _ = client.list_apps()
+    assert len(apps) == 60
+    assert cc.token_requests == 2
+    assert [r.status for r in cc.requests if r.status == 401] == [401]
+
+
+def test_token_renewed_proactively_before_expiry(foundation: Foundation) -> None:
+    clock = FakeClock()
+    with FakeCloudController(foundation, client_secret=SECRET, expires_in=100) as server:
+        client = make_client(server, clock=clock)
+        guid = next(iter(foundation.apps))
+        client.get_app(guid)
+        clock.now += 100 - token_refresh_margin(100) - 1
+        client.get_app(guid)
+        assert server.token_requests == 1
+        clock.now += 2
+        client.get_app(guid)
+        assert server.token_requests == 2
+        assert server.count(prefix="/v3/") == 3  # no 401 round trip
+
+
+def test_token_refresh_margin() -> None:
+    assert token_refresh_margin(43199) == pytest.approx(4319.9)
+    assert token_refresh_margin(120) == 30
+    assert token_refresh_margin(20) == 10  # never more than half the lifetime
+
+
+def test_second_401_raises_auth_error_without_leaking(foundation: Foundation) -> None:
+    with FakeCloudController(foundation, client_secret=SECRET, expires_in=0) as server:
+        client = make_client(server)
+        with pytest.raises(CloudControllerAuthError) as caught:
+            client.get_app(next(iter(foundation.apps)))
+        message = str(caught.value)
+        assert "401" in message and "/v3/apps/" in message and "CF-InvalidAuthToken" in message
+        assert SECRET not in message
+        assert not any(token in message for token in server._tokens)
+        assert server.token_requests == 2
+
+
+def test_bad_client_credentials_raise_auth_error(cc: FakeCloudController) -> None:
+    client = CloudControllerClient(cc.url, "refinery", "wrong-secret", sleep=Sleeps())
+    with pytest.raises(CloudControllerAuthError) as caught:
+        client.list_apps()
+    message = str(caught.value)
+    assert "/uaa/oauth/token" in message and "401" in message and "unauthorized" in message
+    assert "wrong-secret" not in message and "wrong-secret" not in repr(client)
+    assert cc.token_requests == 1  # not retried
+
+
+def test_form_body_client_auth_is_accepted_by_fake(cc: FakeCloudController) -> None:
+    resp = requests.post(
+        cc.uaa_url + "/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": "refinery", "client_secret": SECRET},
+        timeout=5,
+    )
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 43199
+    assert {"access_token", "scope", "jti"} <= body.keys()
+
+
+# ------------------------------------------------------------------------------------------- retries
+
+
+def test_429_with_retry_after_is_retried(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps)
+    client.get_app("warm-up-token")  # discovery + token first, so the 429s hit /v3/apps
+    cc.rate_limit(2, retry_after=1)
+    apps, _ = client.list_apps()
+    assert len(apps) == 60
+    assert sleeps.waits == [1.0, 1.0]
+    assert [r.status for r in cc.requests].count(429) == 2
+
+
+def test_429_with_cc_style_epoch_retry_after(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps)
+    client.get_app("warm-up-token")
+    cc.rate_limit(1, retry_after=1, retry_after_epoch=True)  # what cloud_controller_ng really sends
+    client.list_apps()
+    assert len(sleeps.waits) == 1 and 0 < sleeps.waits[0] <= 3.0
+
+
+def test_429_retry_after_zero_retries_immediately(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps)
+    client.get_app("warm-up-token")
+    cc.rate_limit(3, retry_after=0)
+    client.list_apps()
+    assert sleeps.waits == [0.0, 0.0, 0.0]
+
+
+def test_429_waiting_longer_than_allowed_raises_at_once(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps, max_retry_wait=60)
+    client.get_app("warm-up-token")
+    cc.rate_limit(1, retry_after=3600)
+    with pytest.raises(CloudControllerUnavailable, match=r"429 CF-RateLimitExceeded.*wait 3600s"):
+        client.list_apps()
+    assert sleeps.waits == []
+
+
+def test_503_retried_then_success(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps)
+    cc.fail_next(2, status=503)
+    apps, _ = client.list_apps()
+    assert len(apps) == 60
+    assert len(sleeps.waits) == 2
+    assert 0.25 <= sleeps.waits[0] <= 0.5 and 0.5 <= sleeps.waits[1] <= 1.0  # exponential, jittered
+
+
+def test_plain_text_502_retried(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps)
+    cc.fail_next(1, status=502)
+    assert len(client.list_apps()[0]) == 60
+    assert len(sleeps.waits) == 1
+
+
+def test_persistent_5xx_on_page_n_aborts(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, per_page=10, sleep=sleeps, max_attempts=4)
+    cc.fail_page(3, status=503)
+    with pytest.raises(CloudControllerUnavailable) as caught:
+        client.list_apps()
+    message = str(caught.value)
+    assert "/v3/apps?" in message and "page=3" in message and "503" in message and "4 attempts" in message
+    assert caught.value.status == 503
+    page_queries = [r.query.get("page", "1") for r in cc.requests if r.path == "/v3/apps"]
+    assert page_queries == ["1", "2", "3", "3", "3", "3"]  # nothing after the failing page
+    assert len(sleeps.waits) == 3
+
+
+def test_retry_that_would_pass_the_deadline_raises_immediately(cc: FakeCloudController) -> None:
+    clock = FakeClock()
+    sleeps = Sleeps(clock)
+    client = make_client(cc, clock=clock, sleep=sleeps, backoff_base=5.0)
+    cc.fail_page(2, status=500)
+    with pytest.raises(CloudControllerUnavailable, match="deadline"):
+        client.list_apps(deadline=clock.now + 1.0)
+    assert sleeps.waits == []
+
+
+def test_deadline_bounds_total_retry_time(cc: FakeCloudController) -> None:
+    clock = FakeClock()
+    sleeps = Sleeps(clock)
+    client = make_client(cc, clock=clock, sleep=sleeps, max_attempts=50, backoff_base=1.0, backoff_cap=4.0)
+    cc.fail_page(1, status=503)
+    with pytest.raises(CloudControllerUnavailable, match="deadline"):
+        client.list_apps(deadline=clock.now + 20.0)
+    assert sum(sleeps.waits) <= 20.0
+
+
+def test_connection_drop_retried_until_server_is_back(cc: FakeCloudController) -> None:
+    client = make_client(cc)
+    client.get_app("warm-up-token")
+    sleeps = Sleeps(on_sleep=lambda n: cc.up() if n == 2 else None)
+    client._sleep = sleeps
+    cc.down()
+    apps, _ = client.list_apps()
+    assert len(apps) == 60
+    assert len(sleeps.waits) == 2
+    assert any(r.status == 0 for r in cc.requests)
+
+
+def test_read_timeout_retried(cc: FakeCloudController) -> None:
+    client = make_client(cc, timeout=(2.0, 0.2))
+    client.get_app("warm-up-token")
+    client._sleep = Sleeps(on_sleep=lambda n: cc.latency(0))
+    cc.latency(0.5)
+    assert client.get_app("missing") is None
+    assert len(client._sleep.waits) == 1
+
+
+def test_down_exhausts_attempts(cc: FakeCloudController) -> None:
+    client = make_client(cc, max_attempts=3)
+    cc.down()
+    with pytest.raises(CloudControllerUnavailable, match=r"GET /: ConnectionError; gave up after 3 attempts"):
+        client.list_apps()
+
+
+def test_no_secret_or_token_in_logs(cc: FakeCloudController, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make_client(cc)
+    cc.fail_next(1, status=503)
+    client.list_apps()
+    cc.expire_all_tokens()
+    client.get_app("missing")
+    with pytest.raises(CloudControllerAuthError):
+        CloudControllerClient(cc.url, "refinery", "another-secret").list_apps()
+    assert caplog.records
+    assert SECRET not in caplog.text and "another-secret" not in caplog.text
+    assert not any(token in caplog.text for token in cc._tokens)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def test_parse_retry_after_forms() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("3", now) == 3.0
+    assert parse_retry_after(" 0 ", now) == 0.0
+    http_date = format_datetime(datetime.fromtimestamp(now + 5, UTC), usegmt=True)
+    assert parse_retry_after(http_date, now) == pytest.approx(5.0)
+    assert parse_retry_after(str(int(now) + 4), now) == pytest.approx(5.0)  # CC's epoch form, +1 s slack
+    assert parse_retry_after(str(int(now) - 100), now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("-1", now) is None
+
+
+def test_x_ratelimit_reset_alone_is_honoured() -> None:
+    client = CloudControllerClient(
+        "https://api.example.org", "id", "secret", wall_clock=lambda: 1_700_000_000.0
+    )
+    resp = requests.Response()
+    resp.status_code = 429
+    resp.headers["X-RateLimit-Reset"] = "1700000010"
+    assert client._retry_hint(resp) == pytest.approx(11.0)
+    resp.status_code = 503
+    assert client._retry_hint(resp) is None
+
+
+def test_pagination_links_are_kept_on_the_api_origin() -> None:
+    client = CloudControllerClient("https://api.example.org", "id", "secret")
+    same = "https://api.example.org/v3/apps?page=2&per_page=5000"
+    assert client._rebase(same) == same
+    assert (
+        client._rebase("https://elsewhere.example.net:8443/v3/apps?page=3&per_page=5000")
+        == "https://api.example.org/v3/apps?page=3&per_page=5000"
+    )
+    with pytest.raises(CloudControllerError):
+        client._rebase("https://elsewhere.example.net/steal?page=2")
+
+
+def test_constructor_validates_and_repr_hides_secret() -> None:
+    with pytest.raises(ValueError):
+        CloudControllerClient("https://api.example.org", "id", "secret", per_page=5001)
+    with pytest.raises(ValueError):
+        CloudControllerClient("api.example.org", "id", "secret")
+    assert "secret" not in repr(CloudControllerClient("https://api.example.org", "id", "s3cr3t-value"))
+
+
+def test_generate_is_deterministic_and_fast() -> None:
+    started = time.perf_counter()
+    big = Foundation.generate(orgs=10, spaces_per_org=10, apps_per_space=1000, seed=3)
+    elapsed = time.perf_counter() - started
+    assert len(big.apps) == 100_000 and len(big.spaces) == 100 and len(big.orgs) == 10
+    assert elapsed < 5.0
+    again = Foundation.generate(orgs=2, spaces_per_org=2, apps_per_space=2, seed=3)
+    assert list(again.apps)[:4] == list(Foundation.generate(2, 2, 2, seed=3).apps)[:4]

@@ -1,0 +1,99 @@
+"""One batch through the stages: accounting, quarantine, duplicates and collisions."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+
+from refinery.devtools.events import build_kafka_event
+from refinery.devtools.samples import sample_envelopes, sample_snapshot
+from refinery.metadata.store import FileSnapshotSource, MetadataStore
+from refinery.pipeline import process_batch, transform_batch
+from refinery.quarantine import Quarantine, decode_records
+from refinery.sinks import Deadline, Sink, WriteReport
+
+
+class CollectingSink(Sink):
+    """Keeps what it is given: the pipeline's output, without a server (servers: tests/integration)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
+        self.lines.extend(lines)
+        return WriteReport(lines=len(lines), chunks=1)
+
+
+def store_for(tmp_path, data: bytes | None = None) -> MetadataStore:
+    path = tmp_path / "snapshot.json.gz"
+    if data is not None:
+        path.write_bytes(data)
+    return MetadataStore(FileSnapshotSource(str(path)))
+
+
+DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
+
+
+def run(tmp_path, values: list[bytes], snapshot: bytes | None = None, raw: list[object] | None = None):
+    event = build_kafka_event(values, partitions=2)
+    if raw:
+        event["records"]["cf-firehose-0"].extend(
+            {"topic": "cf-firehose", "partition": 0, "offset": 100 + i, "timestamp": 1, "value": v}
+            for i, v in enumerate(raw)
+        )
+    sink = CollectingSink()
+    quarantine = Quarantine(None, "quarantine/", directory=str(tmp_path / "q"))
+    store = store_for(tmp_path, sample_snapshot() if snapshot is None else snapshot)
+    result = process_batch(event, store, sink, quarantine, DEADLINE)
+    return result, sink.lines
+
+
+def test_accounting_on_the_samples(tmp_path) -> None:
+    result, lines = run(tmp_path, sample_envelopes())
+    assert (result.records_in, result.written, result.points) == (6, 4, 4)
+    assert result.dropped == {"value_metric": 1, "counter_event": 1}
+    assert not result.quarantined and result.balanced
+    assert len(lines) == 4
+
+
+def test_malformed_records_are_quarantined_with_reasons(tmp_path) -> None:
+    raw = ["%%%", base64.b64encode(b"{oops").decode(), None, base64.b64encode(b'{"eventType":"x"}').decode()]
+    result, lines = run(tmp_path, sample_envelopes(), raw=raw)
+    assert result.quarantined == {"not_base64": 1, "not_json": 1, "missing_value": 1, "bad_field": 1}
+    assert result.balanced and result.records_in == 10 and len(lines) == 4
+    records = decode_records(open(result.quarantine_object, "rb").read())
+    assert [r["offset"] for r in records] == [100, 101, 102, 103]
+    assert [r["reason"] for r in records] == ["not_base64", "not_json", "missing_value", "bad_field"]
+    assert records[0]["value"] == "%%%" and records[0]["topic"] == "cf-firehose"
+
+
+def test_a_retried_batch_rewrites_the_same_quarantine_object(tmp_path) -> None:
+    first, _ = run(tmp_path, sample_envelopes(), raw=["%%%"])
+    second, _ = run(tmp_path, sample_envelopes(), raw=["%%%"])
+    assert first.quarantine_object == second.quarantine_object
+    assert len(list((tmp_path / "q").rglob("*.jsonl.gz"))) == 1
+
+
+def test_without_any_snapshot_records_are_quarantined_not_dropped(tmp_path) -> None:
+    result, lines = run(tmp_path, sample_envelopes(), snapshot=b"")
+    assert lines == []
+    assert result.quarantined == {"metadata_unavailable": 4}
+    assert result.dropped == {"value_metric": 1, "counter_event": 1}
+    assert result.balanced
+
+
+def test_identical_records_give_one_point_and_distinct_collisions_are_kept(tmp_path) -> None:
+    log = json.loads(sample_envelopes()[1])
+    other = json.loads(sample_envelopes()[1])
+    other["logMessage"]["message"] = base64.b64encode(b"a different message").decode()
+    values = [json.dumps(log).encode(), json.dumps(log).encode(), json.dumps(other).encode()]
+    store = store_for(tmp_path, sample_snapshot())
+    store.refresh_if_due()
+    done = transform_batch(build_kafka_event(values, partitions=1), store)
+    assert done.result.duplicate_points == 1 and done.result.timestamp_adjusted == 1
+    assert [line.rsplit(" ", 1)[1] for line in done.lines] == ["1537510364199999999", "1537510364200000000"]
+    assert done.result.written == 3 and done.result.balanced
+    again = transform_batch(build_kafka_event(values, partitions=1), store)
+    assert again.lines == done.lines
