@@ -18,12 +18,15 @@ S = TypeVar("S", InfluxDB1Server, VictoriaMetricsServer, MotoS3Server)
 
 
 def _serve(server: S) -> Iterator[S]:
+    unavailable = None
     try:
         server.start()
     except ServerUnavailable as exc:
+        unavailable = str(exc)
+    if unavailable is not None:  # outside the except block: no chained traceback in the report
         if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{exc} (CI=true: integration tests may not be skipped)", pytrace=False)
-        pytest.skip(str(exc))
+            pytest.fail(f"{unavailable} (CI=true: integration tests may not be skipped)", pytrace=False)
+        pytest.skip(unavailable)
     try:
         yield server
     finally:

@@ -478,6 +478,8 @@ class FakeCloudController:
             return _cf_error(*_UNKNOWN_REQUEST)
         if path in ("", "/"):
             return _json_reply(200, self._root())
+        if path == "/v3":
+            return _json_reply(200, self._v3_root())  # like GET /, no token needed
         if not path.startswith("/v3"):
             return _cf_error(*_UNKNOWN_REQUEST)
         injected = self._injected_failure(path, query)
@@ -611,8 +613,6 @@ class FakeCloudController:
 
     def _route_v3(self, path: str, query: dict[str, str]) -> _Reply:
         parts = [unquote(p) for p in path.strip("/").split("/")]
-        if parts == ["v3"]:
-            return _json_reply(200, self._v3_root())
         if len(parts) == 2:
             handler = {
                 "apps": self._list_apps,
@@ -929,6 +929,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _Server
     server_version = "fake-cloud-controller/1.0"
 

@@ -106,6 +106,7 @@ class _Server:
         if self.running:
             return self
         self._check_available()
+        restarting = self._tmp is not None
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"refinery-{self.name}-")
         if self.port is None:
@@ -115,7 +116,7 @@ class _Server:
             self._launch()
             self._wait_ready()
         except BaseException:
-            self.stop()
+            self.stop(keep_data=restarting)  # a failed restart keeps the data for another try
             raise
         return self
 

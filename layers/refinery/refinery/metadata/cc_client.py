@@ -548,18 +548,16 @@ def _join(
     orgs: Mapping[str, str],
     stats: ListStats,
 ) -> AppInfo | None:
-    space = spaces.get(space_guid) if space_guid is not None else None
-    if space is None:
+    if space_guid is None or (space := spaces.get(space_guid)) is None:
         stats.missing_space += 1
         _sample(stats, guid)
         return None
     space_name, org_guid = space
-    org_name = orgs.get(org_guid) if org_guid is not None else None
-    if org_guid is None or org_name is None:
+    if org_guid is None or (org_name := orgs.get(org_guid)) is None:
         stats.missing_org += 1
         _sample(stats, guid)
         return None
-    return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)  # type: ignore[arg-type]
+    return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)
 
 
 def _sample(stats: ListStats, guid: str) -> None:

@@ -1,0 +1,265 @@
+"""refresh_snapshot end to end: fake Cloud Controller + UAA on loopback, moto S3 (``s3_bucket``)."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+import requests
+from refinery.devtools.fake_cc import FakeCloudController, Foundation
+from refinery.metadata.cc_client import (
+    CloudControllerAuthError,
+    CloudControllerClient,
+    CloudControllerUnavailable,
+)
+from refinery.metadata.refresh import RefreshResult, SnapshotRefused, refresh_snapshot
+from refinery.metadata.snapshot import decode_snapshot, encode_snapshot
+
+pytestmark = pytest.mark.integration
+
+KEY = "metadata/apps.json.gz"
+SECRET = "refresh-secret"
+NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def foundation() -> Foundation:
+    # 4 orgs x 3 spaces x 10 apps = 120 apps; every 5th app is STOPPED
+    return Foundation.generate(orgs=4, spaces_per_org=3, apps_per_space=10, seed=11, stopped_every=5)
+
+
+@pytest.fixture
+def cc(foundation: Foundation) -> Iterator[FakeCloudController]:
+    with FakeCloudController(foundation, client_id="refinery", client_secret=SECRET) as server:
+        yield server
+
+
+@pytest.fixture
+def client(cc: FakeCloudController) -> CloudControllerClient:
+    return CloudControllerClient(
+        cc.url, "refinery", SECRET, per_page=25, sleep=lambda s: None, rng=random.Random(0), max_attempts=3
+    )
+
+
+@pytest.fixture
+def s3(s3_bucket: str):
+    return boto3.client("s3")
+
+
+def _refresh(client: CloudControllerClient, s3, bucket: str, **kwargs) -> RefreshResult:
+    kwargs.setdefault("now", NOW)
+    return refresh_snapshot(client, s3, bucket, KEY, source="https://api.example.org", **kwargs)
+
+
+def _stored(s3, bucket: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=KEY)["Body"].read()
+
+
+def test_full_refresh_writes_a_valid_snapshot(
+    client: CloudControllerClient, cc: FakeCloudController, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    result = _refresh(client, s3, s3_bucket)
+
+    assert (result.apps, result.spaces, result.orgs, result.pages) == (120, 12, 4, 5)
+    assert result.replaced is False and result.previous_apps is None
+    assert "no previous snapshot" in result.reason
+    body = _stored(s3, s3_bucket)
+    assert result.bytes == len(body)
+    snapshot = decode_snapshot(body)
+    assert snapshot.apps == foundation.app_infos()
+    assert snapshot.source == "https://api.example.org"
+    assert snapshot.generated_at == "2026-11-21T10:00:00Z"
+    head = s3.head_object(Bucket=s3_bucket, Key=KEY)
+    assert head["ContentType"] == "application/json" and head["ContentEncoding"] == "gzip"
+    assert cc.token_requests == 1
+
+
+def test_refresh_keeps_stopped_apps(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    stopped = {a.guid for a in foundation.apps.values() if a.state == "STOPPED"}
+    assert len(stopped) == 24
+    _refresh(client, s3, s3_bucket)
+    assert stopped <= decode_snapshot(_stored(s3, s3_bucket)).apps.keys()
+
+
+def test_second_refresh_replaces_and_sees_changes(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    _refresh(client, s3, s3_bucket)
+    guids = list(foundation.apps)
+    foundation.rename_app(guids[0], "renamed-app")
+    foundation.delete_app(guids[1])
+    added = foundation.add_app("brand-new", next(iter(foundation.spaces)))
+
+    result = _refresh(client, s3, s3_bucket)
+
+    assert result.replaced is True and result.previous_apps == 120 and result.apps == 120
+    assert "1 app(s) gone" in result.reason
+    apps = decode_snapshot(_stored(s3, s3_bucket)).apps
+    assert apps[guids[0]].name == "renamed-app"
+    assert guids[1] not in apps and added.guid in apps
+
+
+def test_failure_on_page_n_leaves_previous_snapshot_untouched(
+    client: CloudControllerClient, cc: FakeCloudController, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    _refresh(client, s3, s3_bucket)
+    before = _stored(s3, s3_bucket)
+    foundation.rename_app(next(iter(foundation.apps)), "would-change-the-snapshot")
+    cc.fail_page(3, status=503)
+
+    with pytest.raises(CloudControllerUnavailable, match=r"page=3.*503"):
+        _refresh(client, s3, s3_bucket, now=datetime(2026, 11, 21, 11, 0, tzinfo=UTC))
+
+    assert _stored(s3, s3_bucket) == before
+    assert [r.query.get("page") for r in cc.requests if r.path == "/v3/apps"][-3:] == ["3", "3", "3"]
+
+
+def test_auth_failure_leaves_previous_snapshot_untouched(
+    client: CloudControllerClient, cc: FakeCloudController, s3, s3_bucket: str
+) -> None:
+    _refresh(client, s3, s3_bucket)
+    before = _stored(s3, s3_bucket)
+    cc.clients["refinery"] = "rotated"
+    cc.expire_all_tokens()
+    with pytest.raises(CloudControllerAuthError, match="401") as caught:
+        _refresh(client, s3, s3_bucket)
+    assert SECRET not in str(caught.value)
+    assert _stored(s3, s3_bucket) == before
+
+
+def test_large_loss_is_refused_then_forced(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    _refresh(client, s3, s3_bucket)
+    before = _stored(s3, s3_bucket)
+    for guid in list(foundation.apps)[:70]:  # 70 of 120 = 58 % lost
+        foundation.delete_app(guid)
+
+    with pytest.raises(SnapshotRefused) as caught:
+        _refresh(client, s3, s3_bucket)
+    message = str(caught.value)
+    assert "70 of the 120" in message and "50 apps" in message
+    assert "MAX_APP_LOSS=0.5" in message and "force" in message
+    assert _stored(s3, s3_bucket) == before
+
+    result = _refresh(client, s3, s3_bucket, force=True)
+    assert result.apps == 50 and result.previous_apps == 120 and "forced" in result.reason
+    assert len(decode_snapshot(_stored(s3, s3_bucket)).apps) == 50
+
+
+def test_loss_within_the_limit_is_accepted(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    _refresh(client, s3, s3_bucket)
+    for guid in list(foundation.apps)[:60]:  # exactly 50 % is not more than 50 %
+        foundation.delete_app(guid)
+    assert _refresh(client, s3, s3_bucket).apps == 60
+    for guid in list(foundation.apps)[:11]:  # 11 of 60 = 18 %
+        foundation.delete_app(guid)
+    with pytest.raises(SnapshotRefused, match=r"MAX_APP_LOSS=0\.1"):
+        _refresh(client, s3, s3_bucket, max_app_loss=0.1)
+    assert _refresh(client, s3, s3_bucket, max_app_loss=0.2).apps == 49
+
+
+def test_corrupt_previous_snapshot_is_treated_as_absent(
+    client: CloudControllerClient, s3, s3_bucket: str
+) -> None:
+    s3.put_object(Bucket=s3_bucket, Key=KEY, Body=gzip.compress(b'{"schema_version": 99}'))
+    result = _refresh(client, s3, s3_bucket)
+    assert result.replaced is True and result.previous_apps is None
+    assert "corrupt" in result.reason and "schema_version" in result.reason
+    assert len(decode_snapshot(_stored(s3, s3_bucket)).apps) == 120
+
+
+def test_empty_listing_does_not_replace_a_populated_snapshot(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    previous = dict(list(foundation.app_infos().items())[:3])
+    s3.put_object(Bucket=s3_bucket, Key=KEY, Body=encode_snapshot(previous, "old", NOW))
+    for guid in list(foundation.apps):
+        foundation.delete_app(guid)
+    with pytest.raises(SnapshotRefused, match="3 of the 3"):
+        _refresh(client, s3, s3_bucket)
+
+
+def test_invalid_max_app_loss_rejected(client: CloudControllerClient, s3, s3_bucket: str) -> None:
+    with pytest.raises(ValueError, match="max_app_loss"):
+        _refresh(client, s3, s3_bucket, max_app_loss=1.5)
+
+
+# ------------------------------------------------------------------------------ fake fidelity checks
+
+
+def _token(cc: FakeCloudController) -> str:
+    resp = requests.post(
+        cc.uaa_url + "/oauth/token",
+        auth=("refinery", SECRET),
+        data={"grant_type": "client_credentials"},
+        timeout=5,
+    )
+    resp.raise_for_status()
+    return resp.json()["access_token"]
+
+
+def test_fake_validates_per_page_and_auth(cc: FakeCloudController) -> None:
+    headers = {"Authorization": f"bearer {_token(cc)}"}
+    for per_page in ("0", "5001", "x"):
+        resp = requests.get(f"{cc.url}/v3/apps", params={"per_page": per_page}, headers=headers, timeout=5)
+        assert resp.status_code == 400
+        assert resp.json()["errors"][0]["title"] == "CF-BadQueryParameter"
+        assert resp.json()["errors"][0]["code"] == 10005
+    assert requests.get(f"{cc.url}/v3/apps", timeout=5).json()["errors"][0]["title"] == "CF-NotAuthenticated"
+    bad = requests.get(f"{cc.url}/v3/apps", headers={"Authorization": "bearer nope"}, timeout=5)
+    assert bad.status_code == 401
+    assert bad.json() == {
+        "errors": [{"detail": "Invalid Auth Token", "title": "CF-InvalidAuthToken", "code": 1000}]
+    }
+    missing = requests.get(f"{cc.url}/v3/apps/nope", headers=headers, timeout=5)
+    assert missing.status_code == 404
+    assert missing.json()["errors"][0] == {
+        "detail": "App not found",
+        "title": "CF-ResourceNotFound",
+        "code": 10010,
+    }
+
+
+def test_fake_pagination_links_and_include(cc: FakeCloudController, foundation: Foundation) -> None:
+    headers = {"Authorization": f"bearer {_token(cc)}"}
+    resp = requests.get(
+        f"{cc.url}/v3/apps",
+        params={"per_page": 50, "page": 2, "include": "space"},
+        headers=headers,
+        timeout=5,
+    )
+    doc = resp.json()
+    pagination = doc["pagination"]
+    assert pagination["total_results"] == 120 and pagination["total_pages"] == 3
+    assert pagination["first"]["href"] == f"{cc.url}/v3/apps?include=space&page=1&per_page=50"
+    assert pagination["last"]["href"] == f"{cc.url}/v3/apps?include=space&page=3&per_page=50"
+    assert pagination["next"]["href"] == f"{cc.url}/v3/apps?include=space&page=3&per_page=50"
+    assert pagination["previous"]["href"] == f"{cc.url}/v3/apps?include=space&page=1&per_page=50"
+    assert len(doc["resources"]) == 50
+    assert set(doc["included"]) == {"spaces"}
+    app = doc["resources"][0]
+    assert {"guid", "name", "state", "created_at", "updated_at", "relationships", "links"} <= app.keys()
+    assert app["relationships"]["space"]["data"]["guid"] in {s["guid"] for s in doc["included"]["spaces"]}
+    assert doc["included"]["spaces"][0]["relationships"]["organization"]["data"]["guid"] in foundation.orgs
+    root = requests.get(cc.url + "/", timeout=5).json()["links"]
+    assert root["uaa"]["href"] == cc.url + "/uaa" and root["cloud_controller_v3"]["href"] == cc.url + "/v3"
+
+
+def test_fake_rate_limit_headers(cc: FakeCloudController) -> None:
+    headers = {"Authorization": f"bearer {_token(cc)}"}
+    cc.rate_limit(1, retry_after=2)
+    resp = requests.get(f"{cc.url}/v3/apps", headers=headers, timeout=5)
+    assert resp.status_code == 429
+    assert resp.headers["Retry-After"] == "2"
+    assert resp.headers["X-RateLimit-Remaining"] == "0" and int(resp.headers["X-RateLimit-Reset"]) > 1e9
+    assert resp.json()["errors"][0]["title"] == "CF-RateLimitExceeded"
+    assert requests.get(f"{cc.url}/v3/apps", headers=headers, timeout=5).status_code == 200
