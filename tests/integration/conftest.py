@@ -28,7 +28,14 @@ def snapshot_bucket(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The sample snapshot in a moto bucket, and the enricher's METADATA_* settings pointing at it."""
     boto3.client("s3").put_object(Bucket=s3_bucket, Key=METADATA_KEY, Body=sample_snapshot())
     monkeypatch.setenv("METADATA_BUCKET", s3_bucket)
-    for name in ("METADATA_FILE", "INFLUX_URL", "INFLUX_DATABASE", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET"):
+    for name in (
+        "METADATA_FILE",
+        "INFLUX_URL",
+        "INFLUX_DATABASE",
+        "INFLUX_TOKEN",
+        "INFLUX_ORG",
+        "INFLUX_BUCKET",
+    ):
         monkeypatch.delenv(name, raising=False)
     return s3_bucket
 

@@ -23,21 +23,38 @@ ENRICHMENT = {
 }
 EXPECTED = {
     "http_request": [
-        {"tags": {**ENRICHMENT, "instance": "1", "method": "GET", "status_code": "200"},
-         "fields": {"count": 1, "duration": 0.012345678, "response_size": 1532}, "time": 1537510364123456789},
+        {
+            "tags": {**ENRICHMENT, "instance": "1", "method": "GET", "status_code": "200"},
+            "fields": {"count": 1, "duration": 0.012345678, "response_size": 1532},
+            "time": 1537510364123456789,
+        },
     ],
     "log": [
-        {"tags": {**ENRICHMENT, "instance": "0", "type": "RTR"}, "fields": {"count": 1, "size": 365},
-         "time": 1537510364136506789},
-        {"tags": {**ENRICHMENT, "instance": "1", "type": "OUT"}, "fields": {"count": 1, "size": 93},
-         "time": 1537510364199999999},
+        {
+            "tags": {**ENRICHMENT, "instance": "0", "type": "RTR"},
+            "fields": {"count": 1, "size": 365},
+            "time": 1537510364136506789,
+        },
+        {
+            "tags": {**ENRICHMENT, "instance": "1", "type": "OUT"},
+            "fields": {"count": 1, "size": 93},
+            "time": 1537510364199999999,
+        },
     ],
     "instance": [
-        {"tags": {**ENRICHMENT, "instance": "1"},
-         "fields": {"cpu": 0.4518379826149203, "disk": 142938112, "disk_pct": 0.13312149047851562,
-                    "disk_quota": 1073741824, "memory": 187654144, "memory_pct": 0.3495330810546875,
-                    "memory_quota": 536870912},
-         "time": 1537510366623456789},
+        {
+            "tags": {**ENRICHMENT, "instance": "1"},
+            "fields": {
+                "cpu": 0.4518379826149203,
+                "disk": 142938112,
+                "disk_pct": 0.13312149047851562,
+                "disk_quota": 1073741824,
+                "memory": 187654144,
+                "memory_pct": 0.3495330810546875,
+                "memory_quota": 536870912,
+            },
+            "time": 1537510366623456789,
+        },
     ],
 }
 
@@ -59,7 +76,12 @@ def test_v1_writes_exactly_the_expected_points_and_a_retry_adds_none(v1_env, inf
     result = invoke(msk_event)
     assert result["batchItemFailures"] == []
     summary = result["summary"]
-    assert (summary["records_in"], summary["written"], summary["dropped"], summary["quarantined"]) == (6, 4, 2, 0)
+    assert (summary["records_in"], summary["written"], summary["dropped"], summary["quarantined"]) == (
+        6,
+        4,
+        2,
+        0,
+    )
     assert stored(influxdb1, v1_env) == EXPECTED
     invoke(msk_event)
     assert stored(influxdb1, v1_env) == EXPECTED
@@ -91,7 +113,8 @@ def test_user_names_round_trip_through_a_real_influxdb(v1_env, influxdb1, invoke
             % (1537510364000000000 + i, guid.encode())
         )
     boto3.client("s3").put_object(
-        Bucket=snapshot_bucket, Key="metadata/apps.json.gz",
+        Bucket=snapshot_bucket,
+        Key="metadata/apps.json.gz",
         Body=encode_snapshot(apps, "https://api.example.com", __import__("datetime").datetime.now()),
     )
     result = invoke(build_kafka_event(values))
@@ -105,8 +128,9 @@ def test_user_names_round_trip_through_a_real_influxdb(v1_env, influxdb1, invoke
         assert got[guid]["org"] == f"org,{expected_name}"
 
 
-def test_v2_api_through_influxdb_client_into_victoriametrics(monkeypatch, snapshot_bucket, victoriametrics,
-                                                             invoke, msk_event):
+def test_v2_api_through_influxdb_client_into_victoriametrics(
+    monkeypatch, snapshot_bucket, victoriametrics, invoke, msk_event
+):
     monkeypatch.setenv("INFLUX_URL", victoriametrics.url)
     monkeypatch.setenv("INFLUX_TOKEN", "unused-by-victoriametrics")
     monkeypatch.setenv("INFLUX_ORG", "cf")
@@ -120,8 +144,12 @@ def test_v2_api_through_influxdb_client_into_victoriametrics(monkeypatch, snapsh
         name = labels.pop("__name__")
         by_name[(name, labels.get("type", ""))] = (labels, s["values"], s["timestamps"])
     assert by_name[("http_request_duration", "")][1] == [0.012345678]
-    assert by_name[("http_request_duration", "")][0] == {**ENRICHMENT, "instance": "1", "method": "GET",
-                                                        "status_code": "200"}
+    assert by_name[("http_request_duration", "")][0] == {
+        **ENRICHMENT,
+        "instance": "1",
+        "method": "GET",
+        "status_code": "200",
+    }
     assert by_name[("log_size", "RTR")][1] == [365]
     assert by_name[("log_size", "OUT")][1] == [93]
     # VictoriaMetrics stores about 12 significant digits; InfluxDB is checked exactly above.
@@ -137,8 +165,9 @@ def test_v2_api_through_influxdb_client_into_victoriametrics(monkeypatch, snapsh
         assert len(set(s["timestamps"])) == 1 and len(set(s["values"])) == 1, s
 
 
-def test_a_server_that_is_down_fails_the_batch_after_bounded_retries(monkeypatch, snapshot_bucket, invoke,
-                                                                    msk_event):
+def test_a_server_that_is_down_fails_the_batch_after_bounded_retries(
+    monkeypatch, snapshot_bucket, invoke, msk_event
+):
     from refinery.devtools.servers import free_port
 
     monkeypatch.setenv("INFLUX_URL", f"http://127.0.0.1:{free_port()}")
@@ -150,8 +179,9 @@ def test_a_server_that_is_down_fails_the_batch_after_bounded_retries(monkeypatch
     assert time.monotonic() - started < 4.0
 
 
-def test_503_fails_the_batch_and_honours_retry_after(monkeypatch, snapshot_bucket, influxdb1, influx_db, invoke,
-                                                     msk_event):
+def test_503_fails_the_batch_and_honours_retry_after(
+    monkeypatch, snapshot_bucket, influxdb1, influx_db, invoke, msk_event
+):
     with FaultProxy(influxdb1.url) as proxy:
         monkeypatch.setenv("INFLUX_URL", proxy.url)
         monkeypatch.setenv("INFLUX_DATABASE", influx_db)

@@ -28,12 +28,22 @@ def test_defaults_with_a_local_snapshot(tmp_path) -> None:
 
 
 def test_v1_is_chosen_when_a_database_is_set() -> None:
-    config = load_config({
-        "METADATA_BUCKET": "b", "INFLUX_URL": "http://127.0.0.1:8086/", "INFLUX_DATABASE": "cf",
-        "INFLUX_USERNAME": "u", "INFLUX_PASSWORD": "hunter2-secret", "INFLUX_RETENTION_POLICY": "week",
-    })
+    config = load_config(
+        {
+            "METADATA_BUCKET": "b",
+            "INFLUX_URL": "http://127.0.0.1:8086/",
+            "INFLUX_DATABASE": "cf",
+            "INFLUX_USERNAME": "u",
+            "INFLUX_PASSWORD": "hunter2-secret",
+            "INFLUX_RETENTION_POLICY": "week",
+        }
+    )
     assert config.influx is not None
-    assert (config.influx.api, config.influx.url, config.influx.database) == ("v1", "http://127.0.0.1:8086", "cf")
+    assert (config.influx.api, config.influx.url, config.influx.database) == (
+        "v1",
+        "http://127.0.0.1:8086",
+        "cf",
+    )
     assert config.quarantine_bucket == "b"
     assert config.influx.password == "hunter2-secret"
     assert "hunter2" not in repr(config)
@@ -58,8 +68,13 @@ def test_secret_references_are_resolved_and_failures_do_not_leak() -> None:
         return "s3cr3t-token"
 
     config = load_config(
-        {"INFLUX_URL": "http://x:8086", "INFLUX_ORG": "o", "INFLUX_BUCKET": "b", "METADATA_BUCKET": "m",
-         "INFLUX_TOKEN_SECRET": "arn:aws:secretsmanager:us-east-1:1:secret:influx"},
+        {
+            "INFLUX_URL": "http://x:8086",
+            "INFLUX_ORG": "o",
+            "INFLUX_BUCKET": "b",
+            "METADATA_BUCKET": "m",
+            "INFLUX_TOKEN_SECRET": "arn:aws:secretsmanager:us-east-1:1:secret:influx",
+        },
         resolver=resolver,
     )
     assert config.influx is not None and config.influx.token == "s3cr3t-token"
@@ -70,8 +85,16 @@ def test_secret_references_are_resolved_and_failures_do_not_leak() -> None:
         raise PermissionError("AccessDenied")
 
     with pytest.raises(ConfigError) as caught:
-        load_config({"INFLUX_URL": "http://x:8086", "INFLUX_ORG": "o", "INFLUX_BUCKET": "b",
-                     "METADATA_BUCKET": "m", "INFLUX_TOKEN_PARAMETER": "/refinery/token"}, resolver=failing)
+        load_config(
+            {
+                "INFLUX_URL": "http://x:8086",
+                "INFLUX_ORG": "o",
+                "INFLUX_BUCKET": "b",
+                "METADATA_BUCKET": "m",
+                "INFLUX_TOKEN_PARAMETER": "/refinery/token",
+            },
+            resolver=failing,
+        )
     assert caught.value.problems == ["INFLUX_TOKEN_PARAMETER: cannot read '/refinery/token': PermissionError"]
 
 

@@ -40,10 +40,14 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
 
     # -- faults ---------------------------------------------------------------------------------
-    def fail_next(self, count: int, status: int = 503, retry_after: str | None = None, body: bytes = b"") -> None:
+    def fail_next(
+        self, count: int, status: int = 503, retry_after: str | None = None, body: bytes = b""
+    ) -> None:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         with self._lock:
-            self._failures.extend((status, headers, body or f"injected {status}".encode()) for _ in range(count))
+            self._failures.extend(
+                (status, headers, body or f"injected {status}".encode()) for _ in range(count)
+            )
 
     def reset_connections(self, enabled: bool) -> None:
         with self._lock:
