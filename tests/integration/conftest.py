@@ -9,7 +9,6 @@ from typing import Any
 
 import boto3
 import pytest
-
 from refinery import enricher
 from refinery.devtools.lambda_context import LocalContext
 from refinery.devtools.samples import sample_snapshot

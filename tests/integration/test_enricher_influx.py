@@ -6,10 +6,9 @@ import time
 
 import boto3
 import pytest
-
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
+from refinery.devtools.samples import SAMPLE_APP
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
 from refinery.sinks import FlushError
 
@@ -98,6 +97,10 @@ NASTY_NAMES = [
     " lead and trail ",
     "tab\there",
     "eq=,sp ace\\,",
+    "a\\,b and a\\ b and a\\=b",
+    "cr\rinside",
+    "#hash",
+    "'single'",
 ]
 
 
@@ -122,10 +125,12 @@ def test_user_names_round_trip_through_a_real_influxdb(v1_env, influxdb1, invoke
     points = influxdb1.points(v1_env, "log")
     got = {p["tags"]["app_guid"]: p["tags"] for p in points}
     for guid, info in apps.items():
-        expected_name = info.name.replace("\r", " ").replace("\n", " ")
+        # Documented losses: a line feed becomes a space, a trailing backslash cannot be stored.
+        expected_name = info.name.replace("\n", " ").rstrip("\\")
         assert got[guid]["app"] == expected_name, repr(info.name)
         assert got[guid]["space"] == f"space {expected_name}"
         assert got[guid]["org"] == f"org,{expected_name}"
+    assert len(points) == len(values)
 
 
 def test_v2_api_through_influxdb_client_into_victoriametrics(

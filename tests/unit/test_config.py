@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from refinery.config import SETTINGS, ConfigError, load_config, parse_duration
 
 

@@ -1,13 +1,20 @@
 """InfluxDB line protocol: escaping and number formatting, in one place.
 
-Escaping (checked against a real InfluxDB 1.x and VictoriaMetrics by the integration tests):
+Escaping follows InfluxDB's own parser (checked against a real InfluxDB 1.6 by the integration
+tests; InfluxDB 2.x shares the parser), so that user-given names read back unchanged:
 
-* tag keys and values: ``,`` ``=`` and space are escaped with a backslash; a backslash that would
-  otherwise be read as an escape (before one of those, or at the end) is doubled;
-* measurement names: ``,`` and space are escaped;
-* line feed and carriage return cannot be carried by the line protocol at all: each is replaced by
-  a space (``NEWLINE_REPLACEMENT``), in tag values and measurement names alike;
-* an empty tag value cannot be written: the tag is omitted (as the anchor's Go client did).
+* in tag keys and values, ``,`` ``=`` and space are escaped with a backslash; other characters,
+  including backslashes, quotes, tabs, carriage returns and any Unicode, are written as they are
+  (InfluxDB understands no ``\\`` escape: a backslash before a special character simply stays);
+* a **line feed** cannot be carried: it is replaced by a space (``NEWLINE_REPLACEMENT``);
+* a **trailing backslash** cannot be stored by InfluxDB (it escapes the delimiter that follows):
+  it is removed;
+* an empty tag value cannot be written: the tag is omitted (as the anchor's Go client did);
+* measurement names: ``,`` and space are escaped; a backslash before a special character or at the
+  end cannot be stored and is removed; a leading ``#`` (a comment) gets a ``_`` prefix.
+
+VictoriaMetrics reads ``\\`` as one backslash, so names holding a backslash followed by another
+backslash or a special character read back differently there; nothing else does.
 
 Floats are written like Go's ``strconv.FormatFloat(v, 'f', -1, 64)`` (shortest round-trip digits,
 never an exponent, no trailing ``.0``) so output stays byte-identical to cf-metrics-refinery.
@@ -21,38 +28,45 @@ from decimal import Decimal
 
 NEWLINE_REPLACEMENT = " "
 
-_NEWLINES = str.maketrans({"\n": NEWLINE_REPLACEMENT, "\r": NEWLINE_REPLACEMENT})
-_TAG_SPECIAL = re.compile(r"[,= \\\n\r]")
-_MEASUREMENT_SPECIAL = re.compile(r"[, \\\n\r]")
-# A run of backslashes followed by a special character or the end of the value.
-_BACKSLASH_RUN = re.compile(r"(\\+)(?=[,= ]|$)")
+_MEASUREMENT_BAD_BACKSLASH = re.compile(r'\\+(?=[, ="]|$)')
 
 
 def escape_tag(value: str) -> str:
-    """Escape a tag key or value so that InfluxDB reads it back unchanged."""
-    if not _TAG_SPECIAL.search(value):
-        return value
-    value = value.translate(_NEWLINES)
-    if "\\" in value:
-        value = _BACKSLASH_RUN.sub(lambda m: m.group(1) * 2, value)
-    return value.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    """Escape a tag key or value so that InfluxDB reads it back unchanged (but see the module doc)."""
+    if "," in value:
+        value = value.replace(",", "\\,")
+    if "=" in value:
+        value = value.replace("=", "\\=")
+    if "\n" in value:
+        value = value.replace("\n", NEWLINE_REPLACEMENT)
+    if " " in value:
+        value = value.replace(" ", "\\ ")
+    if value[-1:] == "\\":
+        value = value.rstrip("\\")
+    return value
 
 
 def escape_measurement(name: str) -> str:
-    """Escape a measurement name so that InfluxDB reads it back unchanged."""
-    if not _MEASUREMENT_SPECIAL.search(name):
-        return name
-    name = name.translate(_NEWLINES)
+    """Escape a measurement name so that InfluxDB reads it back unchanged (but see the module doc)."""
+    if "\n" in name:
+        name = name.replace("\n", NEWLINE_REPLACEMENT)
     if "\\" in name:
-        name = _BACKSLASH_RUN.sub(lambda m: m.group(1) * 2, name)
-    return name.replace(",", "\\,").replace(" ", "\\ ")
+        name = _MEASUREMENT_BAD_BACKSLASH.sub("", name)
+    if name[:1] == "#":
+        name = "_" + name
+    if "," in name:
+        name = name.replace(",", "\\,")
+    if " " in name:
+        name = name.replace(" ", "\\ ")
+    return name
 
 
 def tag_pair(key: str, value: str) -> str:
     """``,key=value`` with escaping, or ``""`` when the value is empty (a tag cannot be empty)."""
-    if not value:
+    escaped = escape_tag(value)
+    if not escaped:
         return ""
-    return f",{escape_tag(key)}={escape_tag(value)}"
+    return f",{escape_tag(key)}={escaped}"
 
 
 def format_float(value: float) -> str | None:

@@ -91,7 +91,7 @@ def run_demo(out: Any = None) -> int:
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 result = enricher.handler(build_kafka_event(sample_envelopes(), partitions=2), LocalContext())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"\nthe enricher failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         finally:
