@@ -142,7 +142,7 @@ def test_v2_api_through_influxdb_client_into_victoriametrics(
     monkeypatch.setenv("INFLUX_BUCKET", "cf")
     result = invoke(msk_event)
     assert result["summary"]["points"] == 4
-    series = victoriametrics.export('{app_guid="%s"}' % SAMPLE_APP.guid, min_samples=14)
+    series = victoriametrics.export(f'{{app_guid="{SAMPLE_APP.guid}"}}', min_samples=14)
     by_name = {}
     for s in series:
         labels = dict(s["metric"])
@@ -164,7 +164,7 @@ def test_v2_api_through_influxdb_client_into_victoriametrics(
     # A retry rewrites identical samples. VictoriaMetrics keeps such duplicates unless started with
     # -dedup.minScrapeInterval (InfluxDB replaces them: the exact count is checked there, above).
     invoke(msk_event)
-    again = victoriametrics.export('{app_guid="%s"}' % SAMPLE_APP.guid, min_samples=28)
+    again = victoriametrics.export(f'{{app_guid="{SAMPLE_APP.guid}"}}', min_samples=28)
     assert len(again) == 14
     for s in again:
         assert len(set(s["timestamps"])) == 1 and len(set(s["values"])) == 1, s
@@ -211,5 +211,5 @@ def test_503_fails_the_batch_and_honours_retry_after(
 def test_wrong_database_is_a_configuration_error(monkeypatch, snapshot_bucket, influxdb1, invoke, msk_event):
     monkeypatch.setenv("INFLUX_URL", influxdb1.url)
     monkeypatch.setenv("INFLUX_DATABASE", "does_not_exist")
-    with pytest.raises(FlushError, match="configuration error.*does not exist"):
+    with pytest.raises(FlushError, match=r"configuration error.*does not exist"):
         invoke(msk_event)

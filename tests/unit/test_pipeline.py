@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.samples import sample_envelopes, sample_snapshot
@@ -63,7 +64,7 @@ def test_malformed_records_are_quarantined_with_reasons(tmp_path) -> None:
     result, lines = run(tmp_path, sample_envelopes(), raw=raw)
     assert result.quarantined == {"not_base64": 1, "not_json": 1, "missing_value": 1, "bad_field": 1}
     assert result.balanced and result.records_in == 10 and len(lines) == 4
-    records = decode_records(open(result.quarantine_object, "rb").read())
+    records = decode_records(Path(result.quarantine_object).read_bytes())
     assert [r["offset"] for r in records] == [100, 101, 102, 103]
     assert [r["reason"] for r in records] == ["not_base64", "not_json", "missing_value", "bad_field"]
     assert records[0]["value"] == "%%%" and records[0]["topic"] == "cf-firehose"
