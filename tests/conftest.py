@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
+
 from refinery.devtools.servers import InfluxDB1Server, MotoS3Server, ServerUnavailable, VictoriaMetricsServer
 
 S = TypeVar("S", InfluxDB1Server, VictoriaMetricsServer, MotoS3Server)

@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+
 from refinery import enricher
 from refinery.devtools.lambda_context import LocalContext
 from refinery.devtools.samples import sample_snapshot

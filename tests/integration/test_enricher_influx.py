@@ -6,6 +6,7 @@ import time
 
 import boto3
 import pytest
+
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.faultproxy import FaultProxy
 from refinery.devtools.samples import SAMPLE_APP

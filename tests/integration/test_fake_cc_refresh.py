@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 import requests
+
 from refinery.devtools.fake_cc import FakeCloudController, Foundation
 from refinery.metadata.cc_client import (
     CloudControllerAuthError,

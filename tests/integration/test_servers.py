@@ -6,6 +6,7 @@ import time
 
 import pytest
 import requests
+
 from refinery.devtools.servers import InfluxDB1Server, MotoS3Server, VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from email.utils import format_datetime
 
 import pytest
 import requests
+
 from refinery.devtools.fake_cc import FakeCloudController, Foundation, Space
 from refinery.metadata.cc_client import (
     CloudControllerAuthError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from refinery.config import SETTINGS, ConfigError, load_config, parse_duration
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from refinery.envelope import MAX_VALUE_BYTES, Poison, decode_value
 
 

@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+
 from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
 from refinery.envelope import Poison, decode_value, parse_envelope, uuid_to_guid
 from refinery.lineproto import format_float

@@ -56,6 +56,13 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_non_negative_int(text: str) -> int:
+    value = int(text.strip())
+    if value < 0:
+        raise ValueError(f"{text!r} must be zero or a positive integer")
+    return value
+
+
 def parse_url(text: str) -> str:
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -92,6 +99,7 @@ class Setting:
             parse_duration: "duration",
             parse_bool: "bool",
             parse_positive_int: "int",
+            parse_non_negative_int: "int",
             parse_url: "url",
             parse_share: "share",
         }.get(self.parse, "string")
@@ -185,6 +193,78 @@ SETTINGS: tuple[Setting, ...] = (
         "How often a warm container checks whether the snapshot changed.",
         "metadata",
     ),
+    Setting(
+        "METADATA_EXPIRE",
+        parse_duration,
+        "3m",
+        "A cached app entry unused this long is evicted from the warm container.",
+        "metadata",
+    ),
+    Setting(
+        "METADATA_CACHE_SIZE",
+        parse_positive_int,
+        "200000",
+        "Most app entries kept in the warm cache.",
+        "metadata",
+    ),
+    Setting(
+        "NEGATIVE_CACHE_EXPIRE",
+        parse_duration,
+        "20m",
+        "How long an app the Cloud Controller says does not exist is not looked up again.",
+        "metadata",
+    ),
+    Setting(
+        "LIVE_LOOKUP_MAX",
+        parse_non_negative_int,
+        "50",
+        "Most live Cloud Controller lookups of apps missing from the snapshot per invocation (0: off).",
+        "metadata",
+    ),
+    Setting(
+        "LIVE_LOOKUP_BUDGET",
+        parse_duration,
+        "5s",
+        "Most time spent on live lookups per invocation.",
+        "metadata",
+    ),
+    # --- Cloud Controller ----------------------------------------------------------------------
+    Setting(
+        "CF_API_URL",
+        parse_url,
+        None,
+        "Cloud Controller API URL (refresh function; enables live lookups in the enricher).",
+        "cf",
+    ),
+    Setting(
+        "CF_CLIENT_ID",
+        _str,
+        None,
+        "UAA client (client credentials grant) with cloud_controller.admin_read_only or global_auditor.",
+        "cf",
+    ),
+    Setting("CF_CLIENT_SECRET", _str, None, "UAA client secret.", "cf", secret=True),
+    Setting(
+        "CF_UAA_URL", parse_url, None, "UAA URL (default: discovered from the Cloud Controller root).", "cf"
+    ),
+    Setting("CF_TIMEOUT", parse_duration, "30s", "Read timeout of one Cloud Controller request.", "cf"),
+    Setting(
+        "CF_VERIFY_TLS", parse_bool, "true", "Verify the Cloud Controller's and UAA's TLS certificates.", "cf"
+    ),
+    Setting(
+        "MAX_APP_LOSS",
+        parse_share,
+        "0.5",
+        "The refresh refuses a snapshot that lost more than this share of the previous apps.",
+        "cf",
+    ),
+    Setting(
+        "REFRESH_FORCE",
+        parse_bool,
+        "false",
+        'Write the snapshot even when it lost more than MAX_APP_LOSS (or pass {"force": true}).',
+        "cf",
+    ),
     # --- Quarantine ----------------------------------------------------------------------------
     Setting(
         "QUARANTINE_BUCKET",
@@ -225,6 +305,16 @@ class InfluxConfig:
 
 
 @dataclass(frozen=True)
+class CloudControllerConfig:
+    api_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    uaa_url: str | None = None
+    timeout: float = 30.0
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     influx: InfluxConfig | None
     batch_size: int
@@ -236,6 +326,14 @@ class Config:
     quarantine_bucket: str | None
     quarantine_prefix: str
     quarantine_dir: str
+    metadata_expire: float = 180.0
+    metadata_cache_size: int = 200_000
+    negative_cache_expire: float = 1200.0
+    live_lookup_max: int = 50
+    live_lookup_budget: float = 5.0
+    cf: CloudControllerConfig | None = None
+    max_app_loss: float = 0.5
+    refresh_force: bool = False
 
 
 SecretResolver = Callable[[str, str, str], str]
@@ -272,8 +370,12 @@ def _read_secret(env: Mapping[str, str], name: str, resolver: SecretResolver, pr
 def load_config(
     environ: Mapping[str, str] | None = None,
     resolver: SecretResolver = resolve_secret_reference,
+    role: str = "enricher",
 ) -> Config:
-    """Read and validate every setting; raise :class:`ConfigError` listing all problems."""
+    """Read and validate every setting for a function (``enricher`` or ``refresh``).
+
+    Raise :class:`ConfigError` listing all problems, each naming its setting.
+    """
     env = os.environ if environ is None else environ
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -292,8 +394,9 @@ def load_config(
             problems.append(f"{setting.name}: {exc}")
             values[setting.name] = None
 
+    cf = _cloud_controller(env, values, resolver, problems, required=role == "refresh")
     influx: InfluxConfig | None = None
-    if values["INFLUX_URL"]:
+    if role == "enricher" and values["INFLUX_URL"]:
         common = dict(
             url=values["INFLUX_URL"],
             batch_size=values["INFLUX_BATCH_SIZE"] or 5000,
@@ -333,7 +436,9 @@ def load_config(
             )
     if values["METADATA_FILE"] and not os.path.isfile(values["METADATA_FILE"]):
         problems.append(f"METADATA_FILE: {values['METADATA_FILE']!r} is not a readable file")
-    if not values["METADATA_BUCKET"] and not values["METADATA_FILE"]:
+    if role == "refresh" and not values["METADATA_BUCKET"]:
+        problems.append("METADATA_BUCKET: required (the bucket the snapshot is written to)")
+    elif not values["METADATA_BUCKET"] and not values["METADATA_FILE"]:
         problems.append("METADATA_BUCKET: required (or METADATA_FILE for a local snapshot file)")
     if problems:
         raise ConfigError(problems)
@@ -348,4 +453,50 @@ def load_config(
         quarantine_bucket=values["QUARANTINE_BUCKET"] or values["METADATA_BUCKET"],
         quarantine_prefix=values["QUARANTINE_PREFIX"],
         quarantine_dir=values["QUARANTINE_DIR"],
+        metadata_expire=values["METADATA_EXPIRE"],
+        metadata_cache_size=values["METADATA_CACHE_SIZE"],
+        negative_cache_expire=values["NEGATIVE_CACHE_EXPIRE"],
+        live_lookup_max=values["LIVE_LOOKUP_MAX"],
+        live_lookup_budget=values["LIVE_LOOKUP_BUDGET"],
+        cf=cf,
+        max_app_loss=values["MAX_APP_LOSS"],
+        refresh_force=values["REFRESH_FORCE"],
+    )
+
+
+def _cloud_controller(
+    env: Mapping[str, str],
+    values: dict[str, Any],
+    resolver: SecretResolver,
+    problems: list[str],
+    required: bool,
+) -> CloudControllerConfig | None:
+    """The Cloud Controller settings: all three of URL, client id and secret, or (enricher) none."""
+    has_secret = any(
+        env.get(n) for n in ("CF_CLIENT_SECRET", "CF_CLIENT_SECRET_SECRET", "CF_CLIENT_SECRET_PARAMETER")
+    )
+    given = {
+        "CF_API_URL": bool(env.get("CF_API_URL")),
+        "CF_CLIENT_ID": bool(env.get("CF_CLIENT_ID")),
+        "CF_CLIENT_SECRET": has_secret,
+    }
+    if not any(given.values()) and not required:
+        return None
+    missing = [name for name, ok in given.items() if not ok]
+    for name in missing:
+        why = "required by the refresh function" if required else "required with the other CF_* settings"
+        problems.append(
+            f"{name}: {why}"
+            + (" (or CF_CLIENT_SECRET_SECRET / _PARAMETER)" if name == "CF_CLIENT_SECRET" else "")
+        )
+    if missing or not values["CF_API_URL"]:
+        return None
+    secret = _read_secret(env, "CF_CLIENT_SECRET", resolver, problems)
+    return CloudControllerConfig(
+        api_url=values["CF_API_URL"],
+        client_id=values["CF_CLIENT_ID"],
+        client_secret=secret,
+        uaa_url=values["CF_UAA_URL"],
+        timeout=values["CF_TIMEOUT"] or 30.0,
+        verify_tls=values["CF_VERIFY_TLS"] if values["CF_VERIFY_TLS"] is not None else True,
     )

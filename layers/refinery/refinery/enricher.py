@@ -7,15 +7,18 @@ configuration, the metadata store (snapshot + per-app tag cache) and the sink's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Config, load_config
+from .config import CloudControllerConfig, Config, load_config
 from .kafka_event import describe
 from .metadata.store import FileSnapshotSource, MetadataStore, S3SnapshotSource
 from .observability import emit_batch_metrics, make_logger, make_metrics
 from .pipeline import process_batch
 from .quarantine import Quarantine, QuarantineError
 from .sinks import Deadline, FlushError, Sink, build_sink
+
+if TYPE_CHECKING:
+    from .metadata.cc_client import CloudControllerClient
 
 logger = make_logger()
 metrics = make_metrics()
@@ -38,11 +41,37 @@ def build_runtime(config: Config, sink: Sink | None = None) -> Runtime:
         if config.metadata_file
         else S3SnapshotSource(config.metadata_bucket or "", config.metadata_key)
     )
+    store = MetadataStore(
+        source,
+        check_interval=config.snapshot_check_interval,
+        expire=config.metadata_expire,
+        cache_size=config.metadata_cache_size,
+        negative_expire=config.negative_cache_expire,
+        live=cloud_controller_client(config.cf) if config.cf is not None else None,
+        live_max=config.live_lookup_max,
+        live_budget=config.live_lookup_budget,
+    )
     return Runtime(
         config=config,
-        store=MetadataStore(source, check_interval=config.snapshot_check_interval),
+        store=store,
         sink=sink if sink is not None else build_sink(config.influx),
         quarantine=Quarantine(config.quarantine_bucket, config.quarantine_prefix, config.quarantine_dir),
+    )
+
+
+def cloud_controller_client(cf: CloudControllerConfig) -> CloudControllerClient:
+    """The CC API v3 client (requests only; its first call discovers UAA and gets a token)."""
+    from . import __version__
+    from .metadata.cc_client import CloudControllerClient
+
+    return CloudControllerClient(
+        cf.api_url,
+        cf.client_id,
+        cf.client_secret,
+        uaa_url=cf.uaa_url,
+        timeout=(5.0, cf.timeout),
+        verify_tls=cf.verify_tls,
+        user_agent=f"refinery/{__version__}",
     )
 
 
@@ -75,6 +104,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise
     summary = result.summary()
     summary["event_source"] = info.source
+    summary["metadata"] = rt.store.stats.tiers()
     summary["snapshot_failures"] = rt.store.stats.failures
     if rt.store.stats.last_error:
         summary["snapshot_error"] = rt.store.stats.last_error

@@ -25,12 +25,16 @@ from typing import Any
 
 from .envelope import Poison, decode_value
 from .kafka_event import iter_records
-from .metadata.store import MetadataStore
+from .metadata.store import LOOKUP_DEFERRED, LOOKUP_FAILED, METADATA_UNAVAILABLE, MetadataStore
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, Sink, WriteReport
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
 
-METADATA_UNAVAILABLE = "metadata_unavailable"
+MISS_DETAILS = {
+    METADATA_UNAVAILABLE: "no metadata snapshot could be loaded and no live lookup is configured",
+    LOOKUP_FAILED: "the app is not in the snapshot and its live Cloud Controller lookup failed",
+    LOOKUP_DEFERRED: "the app is not in the snapshot and this invocation's live-lookup budget was spent",
+}
 
 
 @dataclass
@@ -111,13 +115,11 @@ def transform_batch(event: dict[str, Any], store: MetadataStore) -> Transformed:
             result.quarantined[exc.reason] += 1
             continue
         if type(outcome) is Dropped:
-            if outcome is DROP_UNKNOWN_APP and not store.available:
-                bad.append(
-                    QuarantinedRecord(
-                        key, record, METADATA_UNAVAILABLE, "no metadata snapshot could be loaded"
-                    )
-                )
-                result.quarantined[METADATA_UNAVAILABLE] += 1
+            if outcome is DROP_UNKNOWN_APP and store.last_miss is not None:
+                # Not known to be absent: metadata could not be had now. Keep it for replay.
+                reason = store.last_miss
+                bad.append(QuarantinedRecord(key, record, reason, MISS_DETAILS[reason]))
+                result.quarantined[reason] += 1
             else:
                 result.dropped[outcome.reason] += 1
             continue
@@ -150,7 +152,7 @@ def process_batch(
 ) -> BatchResult:
     """The whole batch: transform, quarantine what cannot be processed, flush the points."""
     started = time.monotonic()
-    store.refresh_if_due()
+    store.begin_invocation()
     done = transform_batch(event, store)
     result = done.result
     if done.quarantine:

@@ -1,10 +1,11 @@
-"""The enricher's view of app metadata: the S3 snapshot, kept in a warm container.
+"""The enricher's view of app metadata, kept in a warm container.
 
 One :class:`MetadataStore` lives at module level in the enricher, so it survives between
 invocations of a warm container. Once every ``SNAPSHOT_CHECK_INTERVAL`` (a cachetools TTL cache
 entry) it asks S3 whether the snapshot changed, with a conditional GET on the ETag, so an unchanged
 snapshot costs one cheap request. A failed check keeps the snapshot it has (stale beats nothing) and
-is counted. Escaped tag strings are built once per app, on first use.
+is counted. Escaped tag strings are built once per app, on first use. Apps missing from the snapshot
+are looked up live in the Cloud Controller (bounded), and apps that do not exist are remembered.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cachetools import TTLCache
 
 from ..transform import AppTags
-from .snapshot import Snapshot, SnapshotError, decode_snapshot
+from .snapshot import AppInfo, Snapshot, SnapshotError, decode_snapshot
 
 
 class SnapshotUnavailable(RuntimeError):
@@ -94,16 +95,63 @@ class StoreStats:
     unchanged: int = 0
     failures: int = 0
     last_error: str = ""
-    hits: int = 0
-    misses: int = 0
-    built: int = 0
+    cache_hits: int = 0
+    snapshot_hits: int = 0
+    live_hits: int = 0
+    negative_hits: int = 0
+    unknown: int = 0
+    live_lookups: int = 0
+    live_failures: int = 0
+    deferred: int = 0
+
+    def tiers(self) -> dict[str, int]:
+        return {
+            "cache": self.cache_hits,
+            "snapshot": self.snapshot_hits,
+            "live": self.live_hits,
+            "negative": self.negative_hits,
+            "unknown": self.unknown,
+            "live_lookups": self.live_lookups,
+            "live_failures": self.live_failures,
+            "deferred": self.deferred,
+        }
+
+
+class AppLookup(Protocol):
+    def get_app(self, guid: str, deadline: float | None = None) -> AppInfo | None: ...
+
+
+#: Why an app could not be enriched, when that is not final (the record is quarantined, replayable).
+METADATA_UNAVAILABLE = "metadata_unavailable"
+LOOKUP_FAILED = "metadata_lookup_failed"
+LOOKUP_DEFERRED = "metadata_lookup_deferred"
+#: Seconds without live lookups after one failed (the Cloud Controller is down or refusing us).
+LIVE_PAUSE_AFTER_FAILURE = 60.0
 
 
 @dataclass
 class MetadataStore:
+    """App metadata in four tiers: warm cache, S3 snapshot, live Cloud Controller lookup, negative cache.
+
+    1. ``cache``: escaped tags per app (cachetools TTL cache, bounded); an entry unused for
+       ``expire`` seconds is evicted; cleared when a new snapshot is loaded (renames show up);
+    2. the snapshot, re-checked at most every ``check_interval`` with a conditional GET;
+    3. for an app in neither, a live lookup (``live``), at most ``live_max`` per invocation and
+       within ``live_budget`` seconds, so a flood of unknown apps cannot stall a batch;
+    4. apps the Cloud Controller says do not exist are remembered for ``negative_expire``.
+
+    Within one invocation each app is resolved once (a plain dict memo keeps the hot path cheap).
+    """
+
     source: SnapshotSource
     check_interval: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    expire: float = 180.0
+    cache_size: int = 200_000
+    negative_expire: float = 1200.0
+    live: AppLookup | None = None
+    live_max: int = 50
+    live_budget: float = 5.0
     snapshot: Snapshot | None = None
     etag: str | None = None
     loaded_at: float | None = None
@@ -111,11 +159,30 @@ class MetadataStore:
 
     def __post_init__(self) -> None:
         self._checked: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=self.check_interval, timer=self.clock)
-        self._tags: dict[str, AppTags | None] = {}
+        self._cache: TTLCache[str, AppTags] = TTLCache(
+            maxsize=self.cache_size, ttl=self.expire, timer=self.clock
+        )
+        self._negative: TTLCache[str, bool] = TTLCache(
+            maxsize=self.cache_size, ttl=self.negative_expire, timer=self.clock
+        )
+        self._memo: dict[str, AppTags | None] = {}
+        self._miss: dict[str, str | None] = {}
+        self._live_used = 0
+        self._live_until = 0.0
+        self._live_paused_until = 0.0
+        self.last_miss: str | None = None
 
     @property
     def available(self) -> bool:
         return self.snapshot is not None
+
+    def begin_invocation(self) -> None:
+        """Check the snapshot if due, and reset the per-invocation memo and live-lookup budget."""
+        self.refresh_if_due()
+        self._memo = {}
+        self._miss = {}
+        self._live_used = 0
+        self._live_until = time.monotonic() + self.live_budget
 
     def refresh_if_due(self) -> None:
         """Check the snapshot if the last check is older than the interval; never raises."""
@@ -136,22 +203,74 @@ class MetadataStore:
         self.snapshot = snapshot
         self.etag = etag
         self.loaded_at = self.clock()
-        self._tags = {}
+        self._cache.clear()
+        self._memo = {}
         self.stats.loads += 1
 
     def lookup(self, guid: str) -> AppTags | None:
-        """Escaped tags of an app, or None if the snapshot does not know it."""
-        tags = self._tags.get(guid)
-        if tags is not None:
-            self.stats.hits += 1
+        """Escaped tags of an app, or None; then ``last_miss`` says whether that is final (None)."""
+        memo = self._memo
+        if guid in memo:
+            tags = memo[guid]
+            if tags is None:
+                self.last_miss = self._miss.get(guid)
             return tags
-        if self.snapshot is None:
+        tags = self._resolve(guid)
+        memo[guid] = tags
+        if tags is None:
+            self._miss[guid] = self.last_miss
+        return tags
+
+    def _resolve(self, guid: str) -> AppTags | None:
+        tags = self._cache.get(guid)
+        if tags is not None:
+            self._cache[guid] = tags  # used: restart its expiry
+            self.stats.cache_hits += 1
+            return tags
+        snapshot = self.snapshot
+        if snapshot is not None:
+            info = snapshot.apps.get(guid) or snapshot.apps.get(guid.lower())
+            if info is not None:
+                self.stats.snapshot_hits += 1
+                return self._remember(guid, info)
+        if guid in self._negative:
+            self.stats.negative_hits += 1
+            self.last_miss = None
             return None
-        info = self.snapshot.apps.get(guid) or self.snapshot.apps.get(guid.lower())
+        if self.live is None or self.live_max == 0:
+            self.stats.unknown += 1
+            self.last_miss = None if snapshot is not None else METADATA_UNAVAILABLE
+            return None
+        return self._live_lookup(guid)
+
+    def _live_lookup(self, guid: str) -> AppTags | None:
+        from .cc_client import CloudControllerError
+
+        now = time.monotonic()
+        if self._live_used >= self.live_max or now >= self._live_until or now < self._live_paused_until:
+            self.stats.deferred += 1
+            self.last_miss = LOOKUP_DEFERRED
+            return None
+        self._live_used += 1
+        self.stats.live_lookups += 1
+        try:
+            info = self.live.get_app(guid, deadline=self._live_until)  # type: ignore[union-attr]
+        except (CloudControllerError, OSError) as exc:
+            self.stats.live_failures += 1
+            self.stats.last_error = f"live lookup of {guid}: {exc}"
+            # The next lookups would most likely fail too: pause them instead of stalling batches.
+            self._live_paused_until = time.monotonic() + LIVE_PAUSE_AFTER_FAILURE
+            self.last_miss = LOOKUP_FAILED
+            return None
         if info is None:
-            self.stats.misses += 1
+            self._negative[guid] = True
+            self.stats.unknown += 1
+            self.last_miss = None
             return None
+        self.stats.live_hits += 1
+        return self._remember(guid, info)
+
+    def _remember(self, guid: str, info: AppInfo) -> AppTags:
         tags = AppTags.from_info(info)
-        self._tags[guid] = tags
-        self.stats.built += 1
+        self._cache[guid] = tags
         return tags
