@@ -103,6 +103,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    os.environ.setdefault(LOCAL_RUN_ENV, "1")
+    from .config import ConfigError
+    from .replay import ReplayError, replay
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            report = replay(args.url, timeout=args.timeout)
+    except (ConfigError, ReplayError) as exc:
+        print(f"refinery: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"refinery: replay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(_json(report.as_dict()))
+    return 1 if report.unreadable else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .devtools.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault(LOCAL_RUN_ENV, "1")
     from .devtools.demo import run_demo
@@ -128,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="list every setting; with --check, validate the environment")
     config.add_argument("--check", action="store_true")
     config.set_defaults(func=cmd_config)
+
+    replay = sub.add_parser("replay", help="re-process quarantined / on-failure records under an S3 prefix")
+    replay.add_argument("url", help="s3://bucket/prefix (e.g. s3://my-bucket/quarantine/2026/11/)")
+    replay.add_argument("--timeout", type=float, default=600.0, help="time allowed per replayed batch")
+    replay.set_defaults(func=cmd_replay)
+
+    bench = sub.add_parser("bench", help="the benchmark (make bench)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults, no AWS needed")
     demo.set_defaults(func=cmd_demo)

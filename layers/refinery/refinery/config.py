@@ -168,6 +168,21 @@ SETTINGS: tuple[Setting, ...] = (
         "Time kept back from the invocation's deadline: retries stop when less than this remains.",
         "influx",
     ),
+    Setting(
+        "MAX_RECORD_AGE_SECONDS",
+        parse_duration,
+        "0",
+        "Records older than this (Kafka timestamp) are quarantined as too_old instead of written; 0: off.",
+        "safety",
+    ),
+    Setting(
+        "REPORT_BATCH_ITEM_FAILURES",
+        parse_bool,
+        "false",
+        "Report per-partition failures (the mapping must have ReportBatchItemFailures) instead of "
+        "failing the whole batch when a flush fails part-way.",
+        "safety",
+    ),
     # --- Metadata ------------------------------------------------------------------------------
     Setting(
         "METADATA_BUCKET",
@@ -334,6 +349,8 @@ class Config:
     cf: CloudControllerConfig | None = None
     max_app_loss: float = 0.5
     refresh_force: bool = False
+    max_record_age: float = 0.0
+    report_batch_item_failures: bool = False
 
 
 SecretResolver = Callable[[str, str, str], str]
@@ -461,6 +478,8 @@ def load_config(
         cf=cf,
         max_app_loss=values["MAX_APP_LOSS"],
         refresh_force=values["REFRESH_FORCE"],
+        max_record_age=values["MAX_RECORD_AGE_SECONDS"],
+        report_batch_item_failures=values["REPORT_BATCH_ITEM_FAILURES"],
     )
 
 

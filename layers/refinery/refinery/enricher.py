@@ -97,7 +97,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     info = describe(event)
     deadline = Deadline(context.get_remaining_time_in_millis, rt.config.flush_time_reserve)
     try:
-        result = process_batch(event, rt.store, rt.sink, rt.quarantine, deadline)
+        result = process_batch(
+            event,
+            rt.store,
+            rt.sink,
+            rt.quarantine,
+            deadline,
+            max_record_age=rt.config.max_record_age or None,
+            partial_failures=rt.config.report_batch_item_failures,
+        )
     except (FlushError, QuarantineError) as exc:
         metrics.add_metric(name="BatchFailures", unit="Count", value=1)
         logger.error("batch failed; the event source mapping will retry it", extra={"error": str(exc)})
@@ -108,6 +116,13 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     summary["snapshot_failures"] = rt.store.stats.failures
     if rt.store.stats.last_error:
         summary["snapshot_error"] = rt.store.stats.last_error
-    logger.info("batch done", extra={"summary": summary})
+    if result.batch_item_failures:
+        metrics.add_metric(name="BatchPartialFailures", unit="Count", value=1)
+        logger.error(
+            "flush failed part-way; reporting the first unacknowledged offset per partition",
+            extra={"summary": summary},
+        )
+    else:
+        logger.info("batch done", extra={"summary": summary})
     emit_batch_metrics(metrics, summary)
-    return {"batchItemFailures": [], "summary": summary}
+    return {"batchItemFailures": result.batch_item_failures, "summary": summary}

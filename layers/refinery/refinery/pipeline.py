@@ -14,12 +14,19 @@ Point identity is (measurement, tags, timestamp). Retrying a batch rewrites the 
 in InfluxDB; the later one's timestamp is moved forward by 1 ns until it is unique (counted as
 ``timestamp_adjusted``). Identical records (e.g. a nozzle re-send) give identical points: written
 once, counted as ``duplicate_points``.
+
+Lines the server refuses for good (a field type conflict, say) are isolated by the sink and their
+records quarantined with the server's message; the rest of the batch is written. With
+``MAX_RECORD_AGE_SECONDS``, records older than that are quarantined (``too_old``) instead of written.
+With partial batch responses (``REPORT_BATCH_ITEM_FAILURES``), a flush that fails part-way reports,
+per partition, the first offset not acknowledged instead of failing the whole batch.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +34,7 @@ from .envelope import Poison, decode_value
 from .kafka_event import iter_records
 from .metadata.store import LOOKUP_DEFERRED, LOOKUP_FAILED, METADATA_UNAVAILABLE, MetadataStore
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
-from .sinks import Deadline, Sink, WriteReport
+from .sinks import Deadline, FlushError, Sink, WriteReport
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
 
 MISS_DETAILS = {
@@ -50,10 +57,15 @@ class BatchResult:
     quarantine_object: str | None = None
     sink: WriteReport | None = None
     seconds: float = 0.0
+    batch_item_failures: list[dict[str, Any]] = field(default_factory=list)
+    flush_error: str | None = None
+    redelivered: int = 0
 
     @property
     def balanced(self) -> bool:
-        return self.records_in == self.written + sum(self.dropped.values()) + sum(self.quarantined.values())
+        return self.records_in == (
+            self.written + sum(self.dropped.values()) + sum(self.quarantined.values()) + self.redelivered
+        )
 
     def summary(self) -> dict[str, Any]:
         sink = self.sink or WriteReport()
@@ -75,9 +87,18 @@ class BatchResult:
             "sink_chunks": sink.chunks,
             "sink_bytes": sink.bytes,
             "sink_retries": sink.retries,
+            "sink_splits": sink.splits,
+            "batch_item_failures": self.batch_item_failures,
+            "redelivered": self.redelivered,
+            "flush_error": self.flush_error,
             "sink_seconds": round(sink.seconds, 4),
             "seconds": round(self.seconds, 4),
         }
+
+
+Origin = tuple[str, dict[str, Any]]  # (topic-partition key, record)
+TOO_OLD = "too_old"
+REJECTED = "rejected_by_server"
 
 
 @dataclass
@@ -86,12 +107,20 @@ class Transformed:
     quarantine: list[QuarantinedRecord]
     result: BatchResult
     first_timestamp: Any = None
+    origins: list[list[Origin]] = field(default_factory=list)
 
 
-def transform_batch(event: dict[str, Any], store: MetadataStore) -> Transformed:
-    """Decode, enrich and transform every record (no I/O but metadata lookups)."""
+def transform_batch(
+    event: dict[str, Any], store: MetadataStore, oldest_timestamp_ms: float | None = None
+) -> Transformed:
+    """Decode, enrich and transform every record (no I/O but metadata lookups).
+
+    ``origins[i]`` lists the records whose point is ``lines[i]`` (more than one for duplicates).
+    """
     result = BatchResult()
     lines: list[str] = []
+    origins: list[list[Origin]] = []
+    index_of: dict[tuple[str, int], int] = {}
     bad: list[QuarantinedRecord] = []
     seen: dict[tuple[str, int], str] = {}
     lookup = store.lookup
@@ -108,6 +137,12 @@ def transform_batch(event: dict[str, Any], store: MetadataStore) -> Transformed:
         else:
             span[1] = offset
             span[2] += 1
+        if oldest_timestamp_ms is not None:
+            stamp_ms = record.get("timestamp")
+            if type(stamp_ms) is int and stamp_ms < oldest_timestamp_ms:
+                bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
+                result.quarantined[TOO_OLD] += 1
+                continue
         try:
             outcome = convert(decode_value(record.get("value")), lookup)
         except Poison as exc:
@@ -129,18 +164,23 @@ def transform_batch(event: dict[str, Any], store: MetadataStore) -> Transformed:
         previous = seen.get((series, timestamp))
         if previous is None:
             seen[(series, timestamp)] = fields
+            index_of[(series, timestamp)] = len(lines)
+            origins.append([(key, record)])
             lines.append(outcome)
             continue
         if previous == fields:
             result.duplicate_points += 1
+            origins[index_of[(series, timestamp)]].append((key, record))
             continue
         while (series, timestamp) in seen:
             timestamp += 1
         seen[(series, timestamp)] = fields
+        index_of[(series, timestamp)] = len(lines)
         result.timestamp_adjusted += 1
+        origins.append([(key, record)])
         lines.append(f"{series} {fields} {timestamp}")
     result.points = len(lines)
-    return Transformed(lines, bad, result, first_timestamp)
+    return Transformed(lines, bad, result, first_timestamp, origins)
 
 
 def process_batch(
@@ -149,16 +189,84 @@ def process_batch(
     sink: Sink,
     quarantine: Quarantine,
     deadline: Deadline,
+    *,
+    max_record_age: float | None = None,
+    partial_failures: bool = False,
+    now: Callable[[], float] = time.time,
 ) -> BatchResult:
-    """The whole batch: transform, quarantine what cannot be processed, flush the points."""
+    """The whole batch: transform, flush the points, quarantine what cannot be processed."""
     started = time.monotonic()
     store.begin_invocation()
-    done = transform_batch(event, store)
+    oldest = (now() - max_record_age) * 1000.0 if max_record_age else None
+    done = transform_batch(event, store, oldest)
     result = done.result
-    if done.quarantine:
+    bad = done.quarantine
+    try:
+        result.sink = sink.write(done.lines, deadline)
+    except FlushError as exc:
+        if not partial_failures:
+            raise
+        result.flush_error = str(exc)
+        result.batch_item_failures = _first_unacknowledged(done, exc.acknowledged)
+        failed = {
+            item["itemIdentifier"]["partition"]: item["itemIdentifier"]["offset"]
+            for item in result.batch_item_failures
+        }
+        # What comes at or after a partition's failed offset is delivered again: do not quarantine it
+        # now, and count it as redelivered rather than as written, dropped or quarantined.
+        bad = [q for q in bad if not _redelivered(q, failed)]
+        again = transform_batch(_records_from(event, failed), store, oldest).result
+        result.redelivered = again.records_in
+        result.written -= again.written
+        result.dropped.subtract(again.dropped)
+        result.quarantined.subtract(again.quarantined)
+        result.dropped = +result.dropped
+        result.quarantined = +result.quarantined
+        result.sink = WriteReport(lines=len(done.lines))
+    else:
+        for index, message in result.sink.rejected:
+            result.points -= 1
+            for key, record in done.origins[index]:
+                bad.append(QuarantinedRecord(key, record, REJECTED, message))
+                result.written -= 1
+                result.quarantined[REJECTED] += 1
+    if bad:
         coordinates = [(k, v[0], v[1]) for k, v in result.partitions.items()]
         key = batch_object_key(quarantine.prefix, coordinates, done.first_timestamp)
-        result.quarantine_object = quarantine.write(key, done.quarantine)
-    result.sink = sink.write(done.lines, deadline)
+        result.quarantine_object = quarantine.write(key, bad)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _first_unacknowledged(done: Transformed, acknowledged: int) -> list[dict[str, Any]]:
+    """Per partition, the lowest offset among records whose line was not acknowledged."""
+    first: dict[str, Any] = {}
+    for origin in done.origins[acknowledged:]:
+        for key, record in origin:
+            offset = record.get("offset")
+            if key not in first or (offset is not None and offset < first[key]):
+                first[key] = offset
+    return [{"itemIdentifier": {"partition": key, "offset": offset}} for key, offset in first.items()]
+
+
+def _records_from(event: dict[str, Any], failed: dict[str, Any]) -> dict[str, Any]:
+    """The part of the event that the mapping will deliver again."""
+    records = {}
+    for key, batch in event["records"].items():
+        if key in failed:
+            offset = failed[key]
+            records[key] = [
+                r
+                for r in batch
+                if not isinstance(r, dict)
+                or r.get("offset") is None
+                or offset is None
+                or r["offset"] >= offset
+            ]
+    return {**event, "records": records}
+
+
+def _redelivered(item: QuarantinedRecord, failed: dict[str, Any]) -> bool:
+    offset = failed.get(item.partition_key)
+    record_offset = item.record.get("offset")
+    return offset is not None and (record_offset is None or record_offset >= offset)

@@ -4,11 +4,19 @@ A sink's ``post(body)`` sends one chunk and raises one of:
 
 * :class:`Retryable` — connection errors, timeouts, 429, 5xx: may succeed later, retried with
   backoff that honours ``Retry-After``, while the invocation has time left;
-* :class:`Refused` — the server will never accept these lines (400, 422);
-* :class:`Misconfigured` — 401, 403, 404: a wrong token, database or bucket; retrying cannot help.
+* :class:`Refused` — the server will never accept these lines as they are (400 bad line protocol
+  or partial write such as a field type conflict, 413 too large, 422 partial write);
+* :class:`Misconfigured` — 401, 403, 404 (a wrong token, database or bucket) and any other
+  unexpected answer; retrying cannot help.
 
-:meth:`Sink.write` returns only when every chunk was acknowledged; otherwise it raises
-:class:`FlushError`, and the handler fails the batch so the event source mapping retries it.
+A refused chunk is split in halves and each half sent again, until exactly the refused lines are
+isolated: they are reported in :attr:`WriteReport.rejected` (with the server's message) for the
+quarantine, and every other line is written. Re-sending lines InfluxDB already took is harmless: a
+point written twice is the same point.
+
+:meth:`Sink.write` returns only when every line was acknowledged or isolated as refused; otherwise
+it raises :class:`FlushError` (with how many leading lines were acknowledged), and the handler fails
+the batch so the event source mapping retries it.
 """
 
 from __future__ import annotations
@@ -42,19 +50,35 @@ class Misconfigured(SinkError):
 
 
 class FlushError(RuntimeError):
-    """Not every chunk was acknowledged: the batch must fail (and be retried by the mapping)."""
+    """Not every line was acknowledged: the batch must fail (and be retried by the mapping).
+
+    ``acknowledged`` is the number of leading lines that were written (or isolated as refused)
+    before the failure, for partial batch responses.
+    """
+
+    def __init__(self, message: str, acknowledged: int = 0):
+        super().__init__(message)
+        self.acknowledged = acknowledged
+
+
+REFUSED_STATUSES = (400, 413, 422)
+#: Most extra requests spent isolating refused lines in one write; past it the batch fails (a server
+#: that refuses nearly everything is misconfigured, not holding a few bad points).
+MAX_SPLIT_REQUESTS = 400
 
 
 def classify_status(status: int, message: str, retry_after: float | None = None) -> SinkError:
     if status == 429 or status >= 500:
         return Retryable(message, status, retry_after)
+    if status in REFUSED_STATUSES:
+        return Refused(message, status)
     if status in (401, 403):
         return Misconfigured(
             f"{message} (check the token / user name and password and their permissions)", status
         )
     if status == 404:
         return Misconfigured(f"{message} (the database, bucket or organisation does not exist)", status)
-    return Refused(message, status)
+    return Misconfigured(f"{message} (unexpected answer)", status)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -89,8 +113,10 @@ class WriteReport:
     bytes: int = 0
     attempts: int = 0
     retries: int = 0
+    splits: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 def chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -123,13 +149,36 @@ class Sink:
     def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
         report = WriteReport(lines=len(lines))
         started = time.monotonic()
-        for chunk in chunks(lines, self.batch_size):
-            body = ("\n".join(chunk) + "\n").encode()
-            self._post_with_retries(body, deadline, report)
-            report.chunks += 1
-            report.bytes += len(body)
+        done = 0
+        try:
+            for chunk in chunks(lines, self.batch_size):
+                self._write_chunk(chunk, done, deadline, report)
+                report.chunks += 1
+                done += len(chunk)
+        except FlushError as exc:
+            exc.acknowledged = done
+            raise
         report.seconds = time.monotonic() - started
         return report
+
+    def _write_chunk(self, lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport) -> None:
+        body = ("\n".join(lines) + "\n").encode()
+        try:
+            self._post_with_retries(body, deadline, report)
+            report.bytes += len(body)
+        except Refused as exc:
+            if len(lines) == 1:
+                report.rejected.append((first, str(exc)))
+                return
+            report.splits += 1
+            if report.splits > MAX_SPLIT_REQUESTS:
+                raise FlushError(
+                    f"{self.name}: the server refuses too many points to isolate them "
+                    f"({MAX_SPLIT_REQUESTS} splits); last answer: {exc}"
+                ) from exc
+            middle = len(lines) // 2
+            self._write_chunk(lines[:middle], first, deadline, report)
+            self._write_chunk(lines[middle:], first + middle, deadline, report)
 
     def _post_with_retries(self, body: bytes, deadline: Deadline, report: WriteReport) -> None:
         attempt = 0
@@ -152,8 +201,6 @@ class Sink:
                 self.sleep(wait)
             except Misconfigured as exc:
                 raise FlushError(f"{self.name}: configuration error: {exc}") from exc
-            except Refused as exc:
-                raise FlushError(f"{self.name}: the server refused the points: {exc}") from exc
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
