@@ -25,6 +25,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 validate: setup
+	$(BIN)/sam validate --region $(AWS_DEFAULT_REGION)
 	$(BIN)/sam validate --lint --region $(AWS_DEFAULT_REGION)
 
 unit: setup

@@ -61,10 +61,22 @@ def test_only_the_refresh_function_writes_the_snapshot() -> None:
         assert by_sid["ReadSnapshot"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/${MetadataKey}"}
         assert by_sid["WriteQuarantine"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/quarantine/*"}
         writes = [s for s in statements(name) if "s3:PutObject" in actions(s)]
-        assert [s["Sid"] for s in writes] == ["WriteQuarantine"]
+        assert [s["Sid"] for s in writes] == ["WriteQuarantine", "WriteFailedBatches"]
+        assert by_sid["WriteFailedBatches"]["Resource"] == [
+            {"GetAtt": "FailedBatchesBucket.Arn"}, {"Sub": "${FailedBatchesBucket.Arn}/*"}
+        ]
     refresh = {s["Sid"]: s for s in statements("MetadataRefreshFunction")}
     assert sorted(actions(refresh["ReadAndWriteSnapshot"])) == ["s3:GetObject", "s3:PutObject"]
     assert refresh["ReadAndWriteSnapshot"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/${MetadataKey}"}
+
+
+def test_partial_responses_and_on_failure_destination_are_options() -> None:
+    for name, event in (("EnricherFunction", "Msk"), ("SelfManagedEnricherFunction", "SelfManagedKafka")):
+        props = resources()[name]["Properties"]["Events"][event]["Properties"]
+        assert props["FunctionResponseTypes"] == {
+            "If": ["UsePartialResponses", ["ReportBatchItemFailures"], {"Ref": "AWS::NoValue"}]
+        }
+        assert props["DestinationConfig"]["OnFailure"]["Destination"]["If"][0] == "UseOnFailureDestination"
 
 
 def test_the_refresh_function_runs_on_a_schedule_parameter() -> None:
