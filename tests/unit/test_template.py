@@ -63,7 +63,8 @@ def test_only_the_refresh_function_writes_the_snapshot() -> None:
         writes = [s for s in statements(name) if "s3:PutObject" in actions(s)]
         assert [s["Sid"] for s in writes] == ["WriteQuarantine", "WriteFailedBatches"]
         assert by_sid["WriteFailedBatches"]["Resource"] == [
-            {"GetAtt": "FailedBatchesBucket.Arn"}, {"Sub": "${FailedBatchesBucket.Arn}/*"}
+            {"GetAtt": "FailedBatchesBucket.Arn"},
+            {"Sub": "${FailedBatchesBucket.Arn}/*"},
         ]
     refresh = {s["Sid"]: s for s in statements("MetadataRefreshFunction")}
     assert sorted(actions(refresh["ReadAndWriteSnapshot"])) == ["s3:GetObject", "s3:PutObject"]
