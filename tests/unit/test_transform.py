@@ -11,7 +11,7 @@ from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
 from refinery.envelope import Poison, decode_value, parse_envelope, uuid_to_guid
 from refinery.lineproto import format_float
 from refinery.metadata.snapshot import AppInfo
-from refinery.transform import AppTags, Dropped, base64_length, convert, go_seconds
+from refinery.transform import AppTags, Dropped, base64_length, convert, go_seconds, render
 
 TAGS = AppTags.from_info(SAMPLE_APP)
 ENRICH = (
@@ -43,8 +43,13 @@ def lookup(guid: str) -> AppTags | None:
     return TAGS if guid == SAMPLE_APP.guid else None
 
 
+def line_of(envelope: dict) -> str | Dropped:
+    outcome = convert(envelope, lookup)
+    return outcome if isinstance(outcome, Dropped) else render(outcome)
+
+
 def convert_json(doc: dict) -> str | Dropped:
-    return convert(parse_envelope(json.dumps(doc).encode()), lookup)
+    return line_of(parse_envelope(json.dumps(doc).encode()))
 
 
 def sample(index: int) -> dict:
@@ -53,7 +58,7 @@ def sample(index: int) -> dict:
 
 def test_the_six_samples_give_the_reference_lines_byte_for_byte() -> None:
     values = [base64.b64encode(raw).decode() for raw in sample_envelopes()]
-    assert [convert(decode_value(v), lookup) for v in values] == EXPECTED
+    assert [line_of(decode_value(v)) for v in values] == EXPECTED
 
 
 def test_the_sample_file_is_the_shared_reference() -> None:
@@ -103,7 +108,7 @@ def test_zero_or_missing_quota_omits_the_ratio_but_keeps_the_quota() -> None:
 
 def test_non_finite_cpu_omits_the_field() -> None:
     raw = sample_envelopes()[3].replace(b"0.4518379826149203", b"NaN")
-    line = convert(parse_envelope(raw), lookup)
+    line = line_of(parse_envelope(raw))
     assert " disk=142938112i," in line and "cpu" not in line
 
 

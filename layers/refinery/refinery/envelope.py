@@ -83,10 +83,27 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     return doc
 
 
+_GUIDS: dict[tuple[int, int], str] = {}
+
+
 def uuid_to_guid(uuid: Any) -> str | None:
     """sonde-go ``{"low": u64, "high": u64}`` -> ``8-4-4-4-12`` lowercase GUID; None if absent/invalid."""
     if type(uuid) is not dict:
         return None
+    low = uuid.get("low", 0)
+    high = uuid.get("high", 0)
+    if type(low) is int and type(high) is int:
+        guid = _GUIDS.get((low, high))
+        if guid is not None:
+            return guid
+    guid = _uuid_to_guid(uuid)  # raises Poison unless both are unsigned 64-bit integers
+    if len(_GUIDS) > 100_000:
+        _GUIDS.clear()
+    _GUIDS[(low, high)] = guid
+    return guid
+
+
+def _uuid_to_guid(uuid: dict[str, Any]) -> str:
     low = uuid.get("low", 0)
     high = uuid.get("high", 0)
     if (

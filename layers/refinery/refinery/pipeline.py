@@ -25,13 +25,15 @@ per partition, the first offset not acknowledged instead of failing the whole ba
 from __future__ import annotations
 
 import time
+from binascii import a2b_base64
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .envelope import Poison, decode_value
-from .kafka_event import iter_records
+import orjson
+
+from .envelope import MAX_VALUE_BYTES, Poison, decode_value
 from .metadata.store import LOOKUP_DEFERRED, LOOKUP_FAILED, METADATA_UNAVAILABLE, MetadataStore
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
@@ -97,6 +99,7 @@ class BatchResult:
 
 
 Origin = tuple[str, dict[str, Any]]  # (topic-partition key, record)
+MAX_VALUE_CHARS = MAX_VALUE_BYTES * 4 // 3 + 4
 TOO_OLD = "too_old"
 REJECTED = "rejected_by_server"
 
@@ -107,7 +110,58 @@ class Transformed:
     quarantine: list[QuarantinedRecord]
     result: BatchResult
     first_timestamp: Any = None
-    origins: list[list[Origin]] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)
+    more_origins: dict[int, list[Origin]] = field(default_factory=dict)
+
+    def origins_of(self, index: int) -> list[Origin]:
+        """The records whose point is ``lines[index]`` (several when identical records repeat)."""
+        return [self.origins[index], *self.more_origins.get(index, ())]
+
+
+class _Placement:
+    """Where each point goes, keeping (measurement, tags, timestamp) unique within the batch.
+
+    The common case is one dict insert keyed by the integer timestamp; lines are compared (and
+    parsed) only when two points share a timestamp.
+    """
+
+    def __init__(self, transformed: Transformed):
+        self.t = transformed
+        self.by_time: dict[int, int | list[int]] = {}
+
+    def place(self, line: str, timestamp: int, origin: Origin) -> None:
+        t = self.t
+        index = self.by_time.get(timestamp)
+        if index is None:
+            self.by_time[timestamp] = len(t.lines)
+            t.lines.append(line)
+            t.origins.append(origin)
+            return
+        self._collide(line, timestamp, origin)
+
+    def _at(self, timestamp: int) -> list[int]:
+        found = self.by_time.get(timestamp)
+        if found is None:
+            return []
+        return found if isinstance(found, list) else [found]
+
+    def _collide(self, line: str, timestamp: int, origin: Origin) -> None:
+        t = self.t
+        for index in self._at(timestamp):
+            if t.lines[index] == line:  # an identical record: the same point
+                t.result.duplicate_points += 1
+                t.more_origins.setdefault(index, []).append(origin)
+                return
+        series, fields, _ = line.rsplit(" ", 2)
+        original = timestamp
+        while any(t.lines[i].rsplit(" ", 2)[0] == series for i in self._at(timestamp)):
+            timestamp += 1
+        if timestamp != original:
+            t.result.timestamp_adjusted += 1
+            line = f"{series} {fields} {timestamp}"
+        self.by_time[timestamp] = [*self._at(timestamp), len(t.lines)]
+        t.lines.append(line)
+        t.origins.append(origin)
 
 
 def transform_batch(
@@ -116,71 +170,67 @@ def transform_batch(
     """Decode, enrich and transform every record (no I/O but metadata lookups).
 
     ``origins[i]`` lists the records whose point is ``lines[i]`` (more than one for duplicates).
+    The common case decodes with lenient base64 and orjson; a record that fails that is decoded again
+    strictly (:func:`~refinery.envelope.decode_value`) to name the reason it is quarantined.
     """
     result = BatchResult()
-    lines: list[str] = []
-    origins: list[list[Origin]] = []
-    index_of: dict[tuple[str, int], int] = {}
-    bad: list[QuarantinedRecord] = []
-    seen: dict[tuple[str, int], str] = {}
+    transformed = Transformed([], [], result)
+    place = _Placement(transformed).place
+    bad = transformed.quarantine
     lookup = store.lookup
+    loads = orjson.loads
     partitions = result.partitions
+    dropped = result.dropped
     first_timestamp = None
-    for key, record in iter_records(event):
-        result.records_in += 1
-        offset = record.get("offset")
-        span = partitions.get(key)
-        if span is None:
-            partitions[key] = [offset, offset, 1]
-            if first_timestamp is None:
-                first_timestamp = record.get("timestamp")
-        else:
-            span[1] = offset
-            span[2] += 1
-        if oldest_timestamp_ms is not None:
-            stamp_ms = record.get("timestamp")
-            if type(stamp_ms) is int and stamp_ms < oldest_timestamp_ms:
-                bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
-                result.quarantined[TOO_OLD] += 1
+    written = 0
+    for key, batch in event["records"].items():
+        if not batch:
+            continue
+        first, last = batch[0], batch[-1]
+        partitions[key] = [
+            first.get("offset") if type(first) is dict else None,
+            last.get("offset") if type(last) is dict else None,
+            len(batch),
+        ]
+        if first_timestamp is None and type(first) is dict:
+            first_timestamp = first.get("timestamp")
+        for record in batch:
+            if type(record) is not dict:
+                record = {"value": record}
+            value = record.get("value")
+            if oldest_timestamp_ms is not None:
+                stamp_ms = record.get("timestamp")
+                if type(stamp_ms) is int and stamp_ms < oldest_timestamp_ms:
+                    bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
+                    continue
+            try:
+                envelope = loads(a2b_base64(value)) if len(value) <= MAX_VALUE_CHARS else None
+            except (ValueError, TypeError):
+                envelope = None
+            try:
+                if type(envelope) is not dict:
+                    envelope = decode_value(value)  # strict: raises Poison naming the reason
+                outcome = convert(envelope, lookup)
+            except Poison as exc:
+                bad.append(QuarantinedRecord(key, record, exc.reason, exc.detail))
                 continue
-        try:
-            outcome = convert(decode_value(record.get("value")), lookup)
-        except Poison as exc:
-            bad.append(QuarantinedRecord(key, record, exc.reason, exc.detail))
-            result.quarantined[exc.reason] += 1
-            continue
-        if type(outcome) is Dropped:
-            if outcome is DROP_UNKNOWN_APP and store.last_miss is not None:
-                # Not known to be absent: metadata could not be had now. Keep it for replay.
-                reason = store.last_miss
-                bad.append(QuarantinedRecord(key, record, reason, MISS_DETAILS[reason]))
-                result.quarantined[reason] += 1
-            else:
-                result.dropped[outcome.reason] += 1
-            continue
-        result.written += 1
-        series, fields, stamp = outcome.rsplit(" ", 2)
-        timestamp = int(stamp)
-        previous = seen.get((series, timestamp))
-        if previous is None:
-            seen[(series, timestamp)] = fields
-            index_of[(series, timestamp)] = len(lines)
-            origins.append([(key, record)])
-            lines.append(outcome)
-            continue
-        if previous == fields:
-            result.duplicate_points += 1
-            origins[index_of[(series, timestamp)]].append((key, record))
-            continue
-        while (series, timestamp) in seen:
-            timestamp += 1
-        seen[(series, timestamp)] = fields
-        index_of[(series, timestamp)] = len(lines)
-        result.timestamp_adjusted += 1
-        origins.append([(key, record)])
-        lines.append(f"{series} {fields} {timestamp}")
-    result.points = len(lines)
-    return Transformed(lines, bad, result, first_timestamp, origins)
+            if type(outcome) is Dropped:
+                if outcome is DROP_UNKNOWN_APP and store.last_miss is not None:
+                    # Not known to be absent: metadata could not be had now. Keep it for replay.
+                    reason = store.last_miss
+                    bad.append(QuarantinedRecord(key, record, reason, MISS_DETAILS[reason]))
+                else:
+                    dropped[outcome.reason] += 1
+                continue
+            written += 1
+            place(outcome[0], outcome[1], (key, record))
+    result.records_in = sum(span[2] for span in partitions.values())
+    result.written = written
+    for item in bad:
+        result.quarantined[item.reason] += 1
+    result.points = len(transformed.lines)
+    transformed.first_timestamp = first_timestamp
+    return transformed
 
 
 def process_batch(
@@ -226,7 +276,7 @@ def process_batch(
     else:
         for index, message in result.sink.rejected:
             result.points -= 1
-            for key, record in done.origins[index]:
+            for key, record in done.origins_of(index):
                 bad.append(QuarantinedRecord(key, record, REJECTED, message))
                 result.written -= 1
                 result.quarantined[REJECTED] += 1
@@ -241,8 +291,8 @@ def process_batch(
 def _first_unacknowledged(done: Transformed, acknowledged: int) -> list[dict[str, Any]]:
     """Per partition, the lowest offset among records whose line was not acknowledged."""
     first: dict[str, Any] = {}
-    for origin in done.origins[acknowledged:]:
-        for key, record in origin:
+    for index in range(acknowledged, len(done.lines)):
+        for key, record in done.origins_of(index):
             offset = record.get("offset")
             if key not in first or (offset is not None and offset < first[key]):
                 first[key] = offset
