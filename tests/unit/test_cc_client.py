@@ -18,9 +18,9 @@ from refinery.metadata.cc_client import (
     CloudControllerClient,
     CloudControllerError,
     CloudControllerUnavailable,
-    parse_retry_after,
     token_refresh_margin,
 )
+from refinery.retry_after import parse_retry_after
 
 SECRET = "refinery-secret"
 

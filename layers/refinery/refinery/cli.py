@@ -121,12 +121,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if report.unreadable else 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .devtools.bench import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault(LOCAL_RUN_ENV, "1")
     from .devtools.demo import run_demo
@@ -158,9 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=600.0, help="time allowed per replayed batch")
     replay.set_defaults(func=cmd_replay)
 
-    bench = sub.add_parser("bench", help="the benchmark (make bench)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
+    sub.add_parser("bench", help="the benchmark (make bench); `refinery bench --help` for its options")
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults, no AWS needed")
     demo.set_defaults(func=cmd_demo)
@@ -168,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own options (argparse.REMAINDER cannot pass --help)
+        from .devtools.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

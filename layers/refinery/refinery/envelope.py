@@ -42,6 +42,19 @@ INT64_MIN = -(1 << 63)
 UINT64_MAX = (1 << 64) - 1
 
 
+try:
+    from pybase64 import b64decode as _pybase64_decode
+
+    def b64decode(value: str) -> bytes:
+        """Strict base64 (SIMD-accelerated): raises ValueError on anything but padded standard base64."""
+        return _pybase64_decode(value, validate=True)
+
+except ImportError:  # pragma: no cover - pybase64 is a dependency; this keeps a broken install working
+
+    def b64decode(value: str) -> bytes:
+        return binascii.a2b_base64(value, strict_mode=True)
+
+
 class Poison(ValueError):
     """A record that can never be processed. ``reason`` is a short stable code, ``detail`` says more."""
 
@@ -68,16 +81,29 @@ def decode_value(value: Any) -> dict[str, Any]:
     return parse_envelope(raw)
 
 
+def loads_json(raw: bytes) -> Any:
+    """orjson (fast, exact 64-bit integers), or the standard library for what orjson refuses but
+    JSON writers emit anyway: easyjson writes NaN/+Inf verbatim for non-finite floats. ValueError if
+    neither can read it."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = json.loads(raw)  # UnicodeDecodeError is a ValueError too
+    # The standard library accepts lone surrogate escapes ("\\ud800"), which cannot be encoded as UTF-8
+    # and would make every write of the batch fail: refuse them here, as orjson does.
+    try:
+        json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"invalid unicode in a string ({exc.reason})") from None
+    return doc
+
+
 def parse_envelope(raw: bytes) -> dict[str, Any]:
     """JSON bytes -> envelope object. Raises :class:`Poison`."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # easyjson writes NaN/+Inf verbatim for non-finite floats; the standard library reads those.
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Poison("not_json", f"record value is not JSON ({exc})") from None
+        doc = loads_json(raw)
+    except ValueError as exc:
+        raise Poison("not_json", f"record value is not JSON ({exc})") from None
     if type(doc) is not dict:
         raise Poison("not_envelope", f"JSON value is a {type(doc).__name__}, not an envelope object")
     return doc

@@ -25,7 +25,6 @@ per partition, the first offset not acknowledged instead of failing the whole ba
 from __future__ import annotations
 
 import time
-from binascii import a2b_base64
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from .envelope import MAX_VALUE_BYTES, Poison, decode_value
+from .envelope import MAX_VALUE_BYTES, Poison, b64decode, decode_value
 from .metadata.store import LOOKUP_DEFERRED, LOOKUP_FAILED, METADATA_UNAVAILABLE, MetadataStore
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
@@ -170,8 +169,9 @@ def transform_batch(
     """Decode, enrich and transform every record (no I/O but metadata lookups).
 
     ``origins[i]`` lists the records whose point is ``lines[i]`` (more than one for duplicates).
-    The common case decodes with lenient base64 and orjson; a record that fails that is decoded again
-    strictly (:func:`~refinery.envelope.decode_value`) to name the reason it is quarantined.
+    The common case decodes with a validating base64 decoder and orjson; a record that fails that is
+    decoded again with the reference decoder (:func:`~refinery.envelope.decode_value`), which names
+    the reason it is quarantined (or reads what only the standard library can, such as NaN).
     """
     result = BatchResult()
     transformed = Transformed([], [], result)
@@ -204,7 +204,7 @@ def transform_batch(
                     bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
                     continue
             try:
-                envelope = loads(a2b_base64(value)) if len(value) <= MAX_VALUE_CHARS else None
+                envelope = loads(b64decode(value)) if len(value) <= MAX_VALUE_CHARS else None
             except (ValueError, TypeError):
                 envelope = None
             try:

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from .s3 import LazyS3Client
+
 
 class QuarantineError(RuntimeError):
     """The quarantine object could not be written: the batch must fail."""
@@ -70,7 +72,7 @@ def decode_records(data: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in gzip.decompress(data).splitlines() if line.strip()]
 
 
-class Quarantine:
+class Quarantine(LazyS3Client):
     """Writes a batch's quarantine object to S3 (``bucket``) or, for local runs, a directory."""
 
     def __init__(self, bucket: str | None, prefix: str, directory: str | None = None, client: Any = None):
@@ -78,14 +80,6 @@ class Quarantine:
         self.prefix = prefix
         self.directory = directory
         self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
 
     def location(self, key: str) -> str:
         if self.bucket:

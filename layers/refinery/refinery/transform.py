@@ -23,6 +23,7 @@ tests check that both give byte-identical lines.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -187,9 +188,13 @@ def container_point(body: dict[str, Any], timestamp: Any, tags: AppTags) -> Poin
     cpu = body.get("cpuPercentage", 0.0)
     if type(cpu) is not float and type(cpu) is not int:
         raise Poison("bad_field", f"containerMetric.cpuPercentage is {type(cpu).__name__}, expected a number")
+    try:
+        cpu_value = float(cpu)
+    except OverflowError:  # an integer beyond the float range: not finite, so the field is omitted
+        cpu_value = math.inf
     return (
         f"instance{tags.head},instance={index}{tags.tail}"
-        f" {_container_fields(float(cpu), memory, disk, memory_quota, disk_quota)} {timestamp}",
+        f" {_container_fields(cpu_value, memory, disk, memory_quota, disk_quota)} {timestamp}",
         timestamp,
     )
 

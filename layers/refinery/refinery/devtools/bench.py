@@ -133,7 +133,7 @@ FULL = Sizes(
     lookup_calls=100_000,
     lookup_rounds=9,
     load_rounds=5,
-    refresh_rounds=3,
+    refresh_rounds=2,
 )
 QUICK = Sizes(
     label="quick",
@@ -157,7 +157,7 @@ QUICK = Sizes(
 
 # ------------------------------------------------------------------------------------ the table rows
 
-PASS, MISS, INFO, SKIP = "PASS", "MISS", "INFO", "SKIP"
+PASS, MISS, INFO, SKIP, ERROR = "PASS", "MISS", "INFO", "SKIP", "ERROR"
 
 
 @dataclass
@@ -200,6 +200,16 @@ def fill(row: Row, **values: Any) -> None:
     """Set a row's measured columns."""
     for name, value in values.items():
         setattr(row, name, value)
+
+
+def failed(rows: Mapping[str, Row], keys: Sequence[str], exc: BaseException) -> None:
+    """A measurement raised: its rows not yet filled say so (ERROR), and the traceback goes to stderr."""
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    for key in keys:
+        if rows[key].status == SKIP:
+            fill(rows[key], status=ERROR, how=f"Failed: {type(exc).__name__}: {exc}")
 
 
 def _verdict(ok: bool) -> str:
@@ -1177,6 +1187,12 @@ def bench_end_to_end(
         if response.status_code != 204:
             raise RuntimeError(f"InfluxDB /write answered {response.status_code}: {response.text[:300]}")
 
+    oversize = (
+        f" The batch's Lambda event is {_mb(work.event_bytes)}: a real mapping would deliver these records"
+        f" in batches of at most {_mb(MAX_EVENT_BYTES)}; per-record figures hardly change."
+        if work.event_bytes > MAX_EVENT_BYTES
+        else ""
+    )
     figures: EndToEnd | None = None
     for key, gzip_on in (("e2e", True), ("e2e_plain", False)):
         settings = {
@@ -1208,7 +1224,8 @@ def bench_end_to_end(
         handler = statistics.median(times["handler"])
         baseline_runs = [c + p for c, p in zip(times["core"], times["post"], strict=True)]
         baseline = statistics.median(baseline_runs)
-        ratio = handler / baseline
+        # Paired: each round's handler time against the same round's baseline (drift cancels out).
+        ratio = statistics.median(h / b for h, b in zip(times["handler"], baseline_runs, strict=True))
         fill(
             rows[key],
             ours=_ms(handler),
@@ -1224,8 +1241,9 @@ def bench_end_to_end(
                 " snapshot from moto S3 already loaded; INFLUX_BATCH_SIZE 5000, so 2 chunks;"
                 f" INFLUX_GZIP={str(gzip_on).lower()}) writing to a real InfluxDB 1.x on loopback, against"
                 " `transform_batch` plus one uncompressed `POST /write` of the same line protocol"
-                f" ({_mb(len(body))}) with requests; medians of {sizes.e2e_rounds} interleaved rounds,"
-                " GC on. Every round rewrites the same points (an overwrite, as a retried batch does)."
+                f" ({_mb(len(body))}) with requests; medians of {sizes.e2e_rounds} interleaved rounds, GC on;"
+                " the ratio is the median of the rounds' ratios. Every round rewrites the same points (an"
+                " overwrite, as a retried batch does)." + oversize
             ),
         )
         if figures is None:
@@ -1317,8 +1335,9 @@ def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> N
             " `put_object`) against a `FakeCloudController` in a child process and moto S3 in this one,"
             " against fetching and parsing the same pages alone (`iter_app_pages`); medians of"
             f" {sizes.refresh_rounds} interleaved rounds after one refresh that creates the snapshot."
-            " The fake serves each page from Python, so the listing is slower than a real Cloud Controller's"
-            " would be only if the real one is faster than ~that per page."
+            f" The fake builds each {_count(5000)}-app page in Python (the listing takes"
+            f" {floor / max(first.pages, 1):.2f} s a page here); a real Cloud Controller's time per page"
+            " differs, and the refresh time moves with it."
         ),
     )
 
@@ -1358,9 +1377,12 @@ def bench_servers(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> EndToEn
     bucket = "refinery-bench"
     try:
         s3_server = MotoS3Server().start()
-    except (ServerUnavailable, RuntimeError) as exc:
+    except ServerUnavailable as exc:
         for key in SERVER_ROWS:
             rows[key].how = f"Not measured: {exc}"
+        return None
+    except Exception as exc:
+        failed(rows, sorted(SERVER_ROWS), exc)
         return None
     try:
         with _environment(
@@ -1378,17 +1400,19 @@ def bench_servers(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> EndToEn
             s3 = boto3.client("s3")
             s3.create_bucket(Bucket=bucket)
             s3.put_object(Bucket=bucket, Key=SNAPSHOT_KEY, Body=work.snapshot)
+            e2e_keys = ("e2e", "e2e_plain", "cost_e2e")
             try:
                 with InfluxDB1Server() as influx:
                     figures = bench_end_to_end(work, sizes, influx, bucket, rows)
-            except (ServerUnavailable, RuntimeError) as exc:
-                for key in ("e2e", "e2e_plain", "cost_e2e"):
+            except ServerUnavailable as exc:
+                for key in e2e_keys:
                     rows[key].how = f"Not measured: {exc}"
+            except Exception as exc:
+                failed(rows, e2e_keys, exc)
             try:
                 bench_refresh(sizes, s3, bucket, rows)
-            except RuntimeError as exc:
-                for key in ("refresh", "snapshot_load_s3"):
-                    rows[key].how = f"Not measured: {exc}"
+            except Exception as exc:
+                failed(rows, ("refresh", "snapshot_load_s3"), exc)
     finally:
         s3_server.stop()
     return figures
@@ -1557,7 +1581,7 @@ def markdown(rows: Sequence[Row], context: Mapping[str, str]) -> str:
         *("| " + " | ".join(cell(c) for c in _columns(r)) + " |" for r in rows),
         "",
         "PASS/MISS compare a figure with the target of GitHub issue “Performance”; INFO rows have no",
-        "target; SKIP rows were not measured (servers skipped or unavailable).",
+        "target; SKIP rows were not measured (servers skipped or unavailable); ERROR rows failed.",
         "",
         "## How each figure is measured",
         "",
@@ -1597,19 +1621,34 @@ def main(argv: list[str] | None = None) -> int:
 
     _progress(f"building the workload ({sizes.label})")
     work = build_workload(sizes.records, sizes.snapshot_apps, sizes.active_apps)
-    core = bench_core(work, sizes, rows)
-    if args.profile:
-        print_profile(work)
+    core: CoreFigures | None = None
+    try:
+        core = bench_core(work, sizes, rows)
+        if args.profile:
+            print_profile(work)
+    except Exception as exc:
+        failed(rows, ("core_floor", "core_point"), exc)
     e2e = None
     if args.skip_servers:
         for key in SERVER_ROWS:
             rows[key].how = "Not measured: `--skip-servers`."
     else:
         e2e = bench_servers(work, sizes, rows)
-    bench_cold_start(sizes, rows)
-    bench_memory(sizes, rows)
-    bench_metadata(sizes, rows)
-    cost_rows(core, e2e, work.records, rows)
+    sections: list[tuple[Callable[[Sizes, dict[str, Row]], None], tuple[str, ...]]] = [
+        (bench_cold_start, ("cold_start",)),
+        (bench_memory, ("memory",)),
+        (bench_metadata, ("snapshot_size", "snapshot_load", "lookup")),
+    ]
+    for measure, keys in sections:
+        try:
+            measure(sizes, rows)
+        except Exception as exc:
+            failed(rows, keys, exc)
+    if core is not None:
+        cost_rows(core, e2e, work.records, rows)
+    else:
+        for key in ("cost_core", "cost_e2e"):
+            rows[key].how = "Not computed: the core cost (1) was not measured."
     table = [rows[key] for key, _, _ in ROWS]
 
     elapsed = time.perf_counter() - started
@@ -1629,7 +1668,7 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(markdown(table, context), encoding="utf-8")
     print(f"\nwritten to {output} ({elapsed:.0f} s)")
-    return 0
+    return 1 if any(row.status == ERROR for row in table) else 0
 
 
 if __name__ == "__main__":

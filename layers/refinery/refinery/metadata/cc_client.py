@@ -17,9 +17,7 @@ The client secret and tokens never appear in log records, exception messages or 
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
 import random
 import threading
 import time
@@ -32,13 +30,11 @@ import orjson
 import requests
 
 from refinery.metadata.snapshot import AppInfo
+from refinery.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 5000
-# Cloud Controller's rate limiter sends ``Retry-After`` with the same *epoch* value as ``X-RateLimit-Reset``
-# (middleware/rate_limiter.rb). A numeric Retry-After this large cannot be a delay in seconds.
-_EPOCH_THRESHOLD = 1_000_000_000
 _SAMPLE_LIMIT = 10
 
 
@@ -98,29 +94,6 @@ class ListStats:
 class _Token:
     value: str
     refresh_at: float  # client clock
-
-
-def parse_retry_after(value: str, now: float) -> float | None:
-    """Seconds to wait for a ``Retry-After`` value (delta seconds, HTTP date, or CC's epoch seconds)."""
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if moment is None:
-            return None
-        return max(0.0, moment.timestamp() - now)
-    if not math.isfinite(number) or number < 0:
-        return None
-    if number >= _EPOCH_THRESHOLD:
-        # Epoch seconds, truncated by the server: the window may reset up to a second later.
-        return max(0.0, number + 1 - now)
-    return number
 
 
 def token_refresh_margin(expires_in: float) -> float:

@@ -15,12 +15,13 @@ reads it, and operators may read it with ``aws s3 cp … - | gunzip``.
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
+
+from ..envelope import loads_json
 
 SCHEMA_VERSION = 1
 APP_FIELDS = ("name", "space_guid", "space_name", "org_guid", "org_name")
@@ -76,12 +77,9 @@ def decode_snapshot(data: bytes) -> Snapshot:
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise SnapshotError(f"snapshot is not valid gzip ({exc})") from exc
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SnapshotError(f"snapshot is not valid JSON ({exc})") from exc
+        doc = loads_json(raw)
+    except ValueError as exc:
+        raise SnapshotError(f"snapshot is not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):
         raise SnapshotError("snapshot is not a JSON object")
     version = doc.get("schema_version")

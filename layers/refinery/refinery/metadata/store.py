@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
+from ..s3 import LazyS3Client
 from ..transform import AppTags
 from .snapshot import AppInfo, Snapshot, SnapshotError, decode_snapshot
 
@@ -35,20 +36,12 @@ class SnapshotSource:
         raise NotImplementedError
 
 
-class S3SnapshotSource(SnapshotSource):
+class S3SnapshotSource(LazyS3Client, SnapshotSource):
     def __init__(self, bucket: str, key: str, client: Any = None):
         self.bucket = bucket
         self.key = key
         self.description = f"s3://{bucket}/{key}"
         self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # imported on first use: it costs ~300 ms
-
-            self._client = boto3.client("s3")
-        return self._client
 
     def fetch(self, etag: str | None) -> tuple[bytes | None, str | None]:
         from botocore.exceptions import BotoCoreError, ClientError

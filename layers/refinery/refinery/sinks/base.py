@@ -25,7 +25,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 
 class SinkError(Exception):
@@ -79,20 +78,6 @@ def classify_status(status: int, message: str, retry_after: float | None = None)
     if status == 404:
         return Misconfigured(f"{message} (the database, bucket or organisation does not exist)", status)
     return Misconfigured(f"{message} (unexpected answer)", status)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass

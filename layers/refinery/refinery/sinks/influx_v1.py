@@ -8,7 +8,8 @@ import requests
 
 from .. import __version__
 from ..config import InfluxConfig
-from .base import Retryable, Sink, classify_status, parse_retry_after
+from ..retry_after import parse_retry_after
+from .base import Retryable, Sink, classify_status
 
 
 class InfluxV1Sink(Sink):

@@ -7,7 +7,8 @@ retries: :class:`~refinery.sinks.base.Sink` retries within the invocation's dead
 from __future__ import annotations
 
 from ..config import InfluxConfig
-from .base import Retryable, Sink, classify_status, parse_retry_after
+from ..retry_after import parse_retry_after
+from .base import Retryable, Sink, classify_status
 
 
 class InfluxV2Sink(Sink):

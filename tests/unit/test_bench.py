@@ -1,0 +1,112 @@
+"""``refinery bench``: a quick run writes every non-server figure; the synthetic traffic is nozzle-exact.
+
+Whether the targets are met is what the benchmark reports, not what this test checks: it checks that
+every measurement happened and produced a number.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from refinery.devtools import bench
+from refinery.devtools.samples import sample_envelopes
+from refinery.envelope import decode_value, uuid_to_guid
+from refinery.pipeline import transform_batch
+
+ROW = re.compile(
+    r"^\| (?P<name>[^|]+?) \| (?P<ours>.+?) \| (?P<baseline>.+?) \| (?P<ratio>[^|]+?)"
+    r" \| .+ \| (?P<result>\w+) \|$"
+)
+
+
+def table_rows(text: str) -> dict[str, dict[str, str]]:
+    rows = {}
+    for line in text.splitlines():
+        match = ROW.match(line)
+        if match and match["name"] != "figure":
+            rows[match["name"]] = match.groupdict()
+    return rows
+
+
+def test_quick_run_writes_every_figure_without_servers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "performance.md"
+
+    assert bench.main(["--quick", "--skip-servers", "--output", str(output)]) == 0
+
+    text = output.read_text(encoding="utf-8")
+    for heading in ("| date |", "| commit |", "| python |", "| machine |", "| workload |"):
+        assert heading in text
+    rows = table_rows(text)
+    names = {row["name"].split(".")[0]: row for row in rows.values()}
+    assert len(rows) == len(bench.ROWS)
+    for key, name, server in bench.ROWS:
+        number = name.split(".")[0]
+        row = names[number]
+        if server:
+            assert row["result"] == "SKIP", row
+            continue
+        assert row["result"] in ("PASS", "MISS", "INFO"), row
+        ratio = float(row["ratio"].rstrip("×"))
+        assert ratio > 0 and ratio == ratio, (key, row)
+        assert row["ours"] != "—" and row["baseline"] != "—", row
+    printed = capsys.readouterr().out
+    assert "1. core cost per record vs decode floor" in printed and str(output) in printed
+
+
+def test_nozzle_json_reproduces_the_bundled_samples_byte_for_byte() -> None:
+    for line in sample_envelopes():
+        assert bench.nozzle_json(orjson.loads(line)) == line
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (12345678.0, "1.2345678e+07"),
+        (1e6, "1e+06"),
+        (999999.0, "999999"),
+        (0.4518379826149203, "0.4518379826149203"),
+        (0.0001, "0.0001"),
+        (0.00001, "1e-05"),
+        (4.0, "4"),
+        (0.0, "0"),
+        (-2.5e-7, "-2.5e-07"),
+    ],
+)
+def test_go_float_is_gos_shortest_g_format(value: float, text: str) -> None:
+    assert bench.go_float(value) == text
+
+
+def test_synthetic_batch_is_processed_completely() -> None:
+    work = bench.build_workload(300, 200, 50, seed=3)
+    assert work.records == 300 and sum(work.kinds.values()) == 300
+    store = bench.new_store(work.snapshot)
+    bench.start_invocation(store)
+    done = transform_batch(work.event, store)
+    assert done.result.points == work.expected_points
+    assert not done.quarantine and set(done.result.dropped) <= {"value_metric", "counter_event"}
+    assert len(bench.point_baseline(work.event, work.apps)) == work.expected_points
+    for batch in work.event["records"].values():
+        for record in batch:
+            envelope = decode_value(record["value"])
+            assert base64.b64decode(record["value"]) == bench.nozzle_json(envelope)
+            body = envelope.get("httpStartStop")
+            if body:
+                assert uuid_to_guid(body["applicationId"]) in work.apps
+            message = envelope.get("logMessage", {}).get("message")
+            if message:
+                assert 60 <= len(base64.b64decode(message)) <= 400
+
+
+def test_cost_assumptions() -> None:
+    cost = bench.cost_of(cpu_per_record=10e-6, wait_per_record=0.0, batch_records=10_000)
+    # 10 µs of CPU at 512/1769 of a vCPU, 0.5 GB, 10^9 records
+    assert cost.gb_seconds == pytest.approx(10e-6 / (512 / 1769) * 1e9 * 0.5)
+    assert cost.lambda_usd == pytest.approx(cost.gb_seconds * 0.0000166667 + 100_000 * 0.2e-6)
+    assert cost.fargate_usd == pytest.approx(10e-6 * 1e9 / 0.5 / 3600 * 0.0247)
