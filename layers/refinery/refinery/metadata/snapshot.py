@@ -15,9 +15,10 @@ reads it, and operators may read it with ``aws s3 cp … - | gunzip``.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -70,8 +71,52 @@ def encode_snapshot(apps: Mapping[str, AppInfo], source: str, generated_at: date
     return gzip.compress(raw, compresslevel=6, mtime=0)
 
 
-def decode_snapshot(data: bytes) -> Snapshot:
-    """Parse and validate a snapshot; raise :class:`SnapshotError` naming what is wrong."""
+class LazyApps(Mapping[str, AppInfo]):
+    """The ``apps`` object of a snapshot, each entry validated and built when first read.
+
+    Building 100 000 :class:`AppInfo` up front costs more than parsing the JSON; the enricher reads
+    only the apps its batches name. An invalid entry raises :class:`SnapshotError` when read.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: dict[str, Any]):
+        self._raw = raw
+
+    def __getitem__(self, guid: str) -> AppInfo:
+        return _app(guid, self._raw[guid])
+
+    def get(self, guid: str, default: Any = None) -> Any:  # type: ignore[override]
+        entry = self._raw.get(guid)
+        return default if entry is None else _app(guid, entry)
+
+    def __contains__(self, guid: object) -> bool:
+        return guid in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _app(guid: str, entry: Any) -> AppInfo:
+    if not isinstance(entry, dict):
+        raise SnapshotError(f"snapshot app {guid!r} is not an object")
+    values = []
+    for name in APP_FIELDS:
+        value = entry.get(name)
+        if not isinstance(value, str):
+            raise SnapshotError(f"snapshot app {guid!r} field {name!r} is missing or not a string")
+        values.append(value)
+    return AppInfo(guid, *values)
+
+
+def decode_snapshot(data: bytes, *, lazy: bool = False) -> Snapshot:
+    """Parse and validate a snapshot; raise :class:`SnapshotError` naming what is wrong.
+
+    With ``lazy``, app entries are validated when read (:class:`LazyApps`), not all up front.
+    """
     try:
         raw = gzip.decompress(data)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -88,17 +133,9 @@ def decode_snapshot(data: bytes) -> Snapshot:
     apps_doc = doc.get("apps")
     if not isinstance(apps_doc, dict):
         raise SnapshotError("snapshot field 'apps' is missing or not an object")
-    apps: dict[str, AppInfo] = {}
-    for guid, entry in apps_doc.items():
-        if not isinstance(entry, dict):
-            raise SnapshotError(f"snapshot app {guid!r} is not an object")
-        values = []
-        for field in APP_FIELDS:
-            value = entry.get(field)
-            if not isinstance(value, str):
-                raise SnapshotError(f"snapshot app {guid!r} field {field!r} is missing or not a string")
-            values.append(value)
-        apps[guid] = AppInfo(guid, *values)
+    apps: Mapping[str, AppInfo] = (
+        LazyApps(apps_doc) if lazy else {guid: _app(guid, entry) for guid, entry in apps_doc.items()}
+    )
     generated_at = doc.get("generated_at")
     source = doc.get("source")
     if not isinstance(generated_at, str) or not isinstance(source, str):

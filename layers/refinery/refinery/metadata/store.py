@@ -188,7 +188,7 @@ class MetadataStore:
             if data is None:
                 self.stats.unchanged += 1
                 return
-            snapshot = decode_snapshot(data)
+            snapshot = decode_snapshot(data, lazy=True)
         except (SnapshotUnavailable, SnapshotError) as exc:
             self.stats.failures += 1
             self.stats.last_error = str(exc)
@@ -222,7 +222,12 @@ class MetadataStore:
             return tags
         snapshot = self.snapshot
         if snapshot is not None:
-            info = snapshot.apps.get(guid) or snapshot.apps.get(guid.lower())
+            try:
+                info = snapshot.apps.get(guid) or snapshot.apps.get(guid.lower())
+            except SnapshotError as exc:  # one bad entry: that app is unknown, the rest still work
+                self.stats.failures += 1
+                self.stats.last_error = str(exc)
+                info = None
             if info is not None:
                 self.stats.snapshot_hits += 1
                 return self._remember(guid, info)
