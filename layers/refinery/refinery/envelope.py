@@ -88,13 +88,16 @@ def loads_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        doc = json.loads(raw)  # UnicodeDecodeError is a ValueError too
-    # The standard library accepts lone surrogate escapes ("\\ud800"), which cannot be encoded as UTF-8
-    # and would make every write of the batch fail: refuse them here, as orjson does.
+        pass
     try:
+        doc = json.loads(raw)  # UnicodeDecodeError is a ValueError too
+        # The standard library accepts lone surrogate escapes ("\\ud800"), which cannot be encoded as
+        # UTF-8 and would make every write of the batch fail: refuse them here, as orjson does.
         json.dumps(doc, ensure_ascii=False).encode()
     except UnicodeEncodeError as exc:
         raise ValueError(f"invalid unicode in a string ({exc.reason})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     return doc
 
 
