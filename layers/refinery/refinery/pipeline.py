@@ -33,7 +33,13 @@ from typing import Any
 import orjson
 
 from .envelope import MAX_VALUE_BYTES, Poison, b64decode, decode_value
-from .metadata.store import LOOKUP_DEFERRED, LOOKUP_FAILED, METADATA_UNAVAILABLE, MetadataStore
+from .metadata.store import (
+    LOOKUP_DEFERRED,
+    LOOKUP_FAILED,
+    METADATA_INVALID,
+    METADATA_UNAVAILABLE,
+    MetadataStore,
+)
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
@@ -42,6 +48,7 @@ MISS_DETAILS = {
     METADATA_UNAVAILABLE: "no metadata snapshot could be loaded and no live lookup is configured",
     LOOKUP_FAILED: "the app is not in the snapshot and its live Cloud Controller lookup failed",
     LOOKUP_DEFERRED: "the app is not in the snapshot and this invocation's live-lookup budget was spent",
+    METADATA_INVALID: "the app's entry in the snapshot is malformed",
 }
 
 
@@ -111,6 +118,7 @@ class Transformed:
     first_timestamp: Any = None
     origins: list[Origin] = field(default_factory=list)
     more_origins: dict[int, list[Origin]] = field(default_factory=dict)
+    collided: set[int] = field(default_factory=set)  # lines whose timestamp another line also had
 
     def origins_of(self, index: int) -> list[Origin]:
         """The records whose point is ``lines[index]`` (several when identical records repeat)."""
@@ -158,6 +166,8 @@ class _Placement:
         if timestamp != original:
             t.result.timestamp_adjusted += 1
             line = f"{series} {fields} {timestamp}"
+            t.collided.update(self._at(original))
+            t.collided.add(len(t.lines))
         self.by_time[timestamp] = [*self._at(timestamp), len(t.lines)]
         t.lines.append(line)
         t.origins.append(origin)
@@ -254,7 +264,10 @@ def process_batch(
     try:
         result.sink = sink.write(done.lines, deadline)
     except FlushError as exc:
-        if not partial_failures:
+        if not partial_failures or _splits_a_collision(done, exc.acknowledged):
+            # Without partial responses the whole batch is retried. So it is when the failure falls
+            # inside a group of points told apart by moving timestamps: a retry of only part of the
+            # group could not reproduce the same moves, and one point would overwrite another.
             raise
         result.flush_error = str(exc)
         result.batch_item_failures = _first_unacknowledged(done, exc.acknowledged)
@@ -264,6 +277,7 @@ def process_batch(
         }
         # What comes at or after a partition's failed offset is delivered again: do not quarantine it
         # now, and count it as redelivered rather than as written, dropped or quarantined.
+        _quarantine_rejected(done, exc.report.rejected if exc.report else [], bad, result)
         bad = [q for q in bad if not _redelivered(q, failed)]
         again = transform_batch(_records_from(event, failed), store, oldest).result
         result.redelivered = again.records_in
@@ -272,20 +286,34 @@ def process_batch(
         result.quarantined.subtract(again.quarantined)
         result.dropped = +result.dropped
         result.quarantined = +result.quarantined
-        result.sink = WriteReport(lines=len(done.lines))
+        result.sink = exc.report or WriteReport(lines=len(done.lines))
     else:
-        for index, message in result.sink.rejected:
-            result.points -= 1
-            for key, record in done.origins_of(index):
-                bad.append(QuarantinedRecord(key, record, REJECTED, message))
-                result.written -= 1
-                result.quarantined[REJECTED] += 1
+        _quarantine_rejected(done, result.sink.rejected, bad, result)
     if bad:
         coordinates = [(k, v[0], v[1]) for k, v in result.partitions.items()]
         key = batch_object_key(quarantine.prefix, coordinates, done.first_timestamp)
         result.quarantine_object = quarantine.write(key, bad)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _quarantine_rejected(
+    done: Transformed, rejected: list[tuple[int, str]], bad: list[QuarantinedRecord], result: BatchResult
+) -> None:
+    """Lines the server refused for good: their records go to the quarantine with its message."""
+    for index, message in rejected:
+        result.points -= 1
+        for key, record in done.origins_of(index):
+            bad.append(QuarantinedRecord(key, record, REJECTED, message))
+            result.written -= 1
+            result.quarantined[REJECTED] += 1
+
+
+def _splits_a_collision(done: Transformed, acknowledged: int) -> bool:
+    """True when some line of a timestamp-collision group was acknowledged and another was not."""
+    return any(index >= acknowledged for index in done.collided) and any(
+        index < acknowledged for index in done.collided
+    )
 
 
 def _first_unacknowledged(done: Transformed, acknowledged: int) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ Records are regrouped by topic-partition into Kafka events and processed by the 
 the enricher (same configuration, same sink), so points are identical to what a first successful
 run would have written: replaying twice creates no duplicates. Records that are still refused are
 quarantined again under ``<QUARANTINE_PREFIX>replay/…`` (keys derived from their coordinates), never
-over the objects being replayed.
+over the objects being replayed; replay skips that folder when it replays the quarantine itself, so
+a second replay does not read its own output (replay ``…/replay/`` explicitly to retry those).
 """
 
 from __future__ import annotations
@@ -93,13 +94,18 @@ def records_of_failure_object(data: bytes) -> list[dict[str, Any]]:
     return records
 
 
-def read_objects(client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, list[dict[str, Any]] | str]]:
-    """(key, records) per object, or (key, error message) when the object cannot be read."""
+def read_objects(
+    client: Any, bucket: str, prefix: str, skip: str | None = None
+) -> Iterator[tuple[str, list[dict[str, Any]] | str]]:
+    """(key, records) per object, or (key, error message) when the object cannot be read.
+
+    Objects under ``skip`` (replay's own output) are left out, unless ``prefix`` is inside it.
+    """
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             key = item["Key"]
-            if key.endswith("/"):
+            if key.endswith("/") or (skip and key.startswith(skip) and not prefix.startswith(skip)):
                 continue
             data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             try:
@@ -160,7 +166,8 @@ def replay(url: str, *, client: Any = None, timeout: float = 600.0) -> ReplayRep
     report = ReplayReport()
     all_records: list[dict[str, Any]] = []
     try:
-        for key, content in read_objects(client, bucket, prefix):
+        own_output = replay_quarantine.prefix if replay_quarantine.bucket == bucket else None
+        for key, content in read_objects(client, bucket, prefix, skip=own_output):
             report.objects += 1
             if isinstance(content, str):
                 report.unreadable.append(f"s3://{bucket}/{key}: {content}")

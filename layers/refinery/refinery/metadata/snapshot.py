@@ -15,6 +15,7 @@ reads it, and operators may read it with ``aws s3 cp … - | gunzip``.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,7 +120,7 @@ def decode_snapshot(data: bytes, *, lazy: bool = False) -> Snapshot:
     """
     try:
         raw = gzip.decompress(data)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise SnapshotError(f"snapshot is not valid gzip ({exc})") from exc
     try:
         doc = loads_json(raw)

@@ -118,6 +118,7 @@ class AppLookup(Protocol):
 METADATA_UNAVAILABLE = "metadata_unavailable"
 LOOKUP_FAILED = "metadata_lookup_failed"
 LOOKUP_DEFERRED = "metadata_lookup_deferred"
+METADATA_INVALID = "metadata_entry_invalid"
 #: Seconds without live lookups after one failed (the Cloud Controller is down or refusing us).
 LIVE_PAUSE_AFTER_FAILURE = 60.0
 
@@ -224,10 +225,11 @@ class MetadataStore:
         if snapshot is not None:
             try:
                 info = snapshot.apps.get(guid) or snapshot.apps.get(guid.lower())
-            except SnapshotError as exc:  # one bad entry: that app is unknown, the rest still work
+            except SnapshotError as exc:  # one bad entry: the rest still work; keep its records for replay
                 self.stats.failures += 1
                 self.stats.last_error = str(exc)
-                info = None
+                self.last_miss = METADATA_INVALID
+                return None
             if info is not None:
                 self.stats.snapshot_hits += 1
                 return self._remember(guid, info)

@@ -58,6 +58,7 @@ class FlushError(RuntimeError):
     def __init__(self, message: str, acknowledged: int = 0):
         super().__init__(message)
         self.acknowledged = acknowledged
+        self.report: WriteReport | None = None
 
 
 REFUSED_STATUSES = (400, 413, 422)
@@ -116,16 +117,19 @@ class Sink:
     def __init__(
         self,
         batch_size: int = 5000,
+        timeout: float = 10.0,
         max_retry_wait: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         base_delay: float = 0.2,
     ):
         self.batch_size = batch_size
+        self.timeout = timeout
         self.max_retry_wait = max_retry_wait
         self.sleep = sleep
         self.base_delay = base_delay
 
-    def post(self, body: bytes) -> None:
+    def post(self, body: bytes, timeout: float) -> None:
+        """Send one chunk; ``timeout`` bounds the request (never beyond the invocation's deadline)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -142,6 +146,7 @@ class Sink:
                 done += len(chunk)
         except FlushError as exc:
             exc.acknowledged = done
+            exc.report = report  # lines refused (isolated) before the failure are in report.rejected
             raise
         report.seconds = time.monotonic() - started
         return report
@@ -169,9 +174,16 @@ class Sink:
         attempt = 0
         while True:
             attempt += 1
+            left = deadline.remaining()
+            if left <= 0:
+                last = f"; last error: {report.errors[-1]}" if report.errors else ""
+                raise FlushError(
+                    f"{self.name}: no time left in the invocation for a write "
+                    f"({attempt - 1} attempt(s) made{last})"
+                )
             report.attempts += 1
             try:
-                self.post(body)
+                self.post(body, min(self.timeout, left))
                 return
             except Retryable as exc:
                 report.errors.append(str(exc))

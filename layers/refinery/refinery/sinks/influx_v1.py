@@ -16,7 +16,12 @@ class InfluxV1Sink(Sink):
     name = "influxdb-v1"
 
     def __init__(self, config: InfluxConfig, **kwargs: object):
-        super().__init__(batch_size=config.batch_size, max_retry_wait=config.max_retry_wait, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            batch_size=config.batch_size,
+            timeout=config.timeout,
+            max_retry_wait=config.max_retry_wait,
+            **kwargs,
+        )  # type: ignore[arg-type]
         self.config = config
         self.url = f"{config.url}/write"
         self.params = {"db": config.database, "precision": "ns"}
@@ -35,11 +40,11 @@ class InfluxV1Sink(Sink):
             self.session.auth = (config.username, config.password)
         self.session.verify = config.verify_tls
 
-    def post(self, body: bytes) -> None:
+    def post(self, body: bytes, timeout: float) -> None:
         if self.config.gzip:
             body = gzip.compress(body, compresslevel=1)
         try:
-            response = self.session.post(self.url, params=self.params, data=body, timeout=self.config.timeout)
+            response = self.session.post(self.url, params=self.params, data=body, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise Retryable(f"POST {self.url}: {type(exc).__name__}") from exc
         if response.status_code in (200, 204):

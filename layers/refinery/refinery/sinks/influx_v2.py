@@ -15,7 +15,12 @@ class InfluxV2Sink(Sink):
     name = "influxdb-v2"
 
     def __init__(self, config: InfluxConfig, **kwargs: object):
-        super().__init__(batch_size=config.batch_size, max_retry_wait=config.max_retry_wait, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            batch_size=config.batch_size,
+            timeout=config.timeout,
+            max_retry_wait=config.max_retry_wait,
+            **kwargs,
+        )  # type: ignore[arg-type]
         from influxdb_client import InfluxDBClient, WritePrecision
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -35,13 +40,17 @@ class InfluxV2Sink(Sink):
         self.client.api_client.user_agent = f"refinery/{__version__}"
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
 
-    def post(self, body: bytes) -> None:
+    def post(self, body: bytes, timeout: float) -> None:
         from influxdb_client.rest import ApiException
         from urllib3.exceptions import HTTPError
 
         try:
             self.write_api.write(
-                bucket=self.config.bucket, org=self.config.org, record=body, write_precision=self.precision
+                bucket=self.config.bucket,
+                org=self.config.org,
+                record=body,
+                write_precision=self.precision,
+                _request_timeout=timeout,
             )
         except ApiException as exc:
             status = int(exc.status or 0)
