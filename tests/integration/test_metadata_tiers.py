@@ -220,4 +220,4 @@ def test_a_corrupt_or_missing_snapshot_keeps_the_one_loaded(cf_env, fake_cc, war
     s3.delete_object(Bucket=cf_env, Key=KEY)
     time.sleep(0.3)
     summary, lines = container.run([log_envelope(guid, 3)])
-    assert len(lines) == 1 and summary["snapshot_failures"] == 2
+    assert len(lines) == 1 and summary["snapshot_failures"] == 1  # per invocation

@@ -93,10 +93,12 @@ def reset_runtime(new: Runtime | None = None) -> None:
 
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    rt = runtime()
-    info = describe(event)
-    deadline = Deadline(context.get_remaining_time_in_millis, rt.config.flush_time_reserve)
     try:
+        rt = runtime()
+        info = describe(event)
+        deadline = Deadline(context.get_remaining_time_in_millis, rt.config.flush_time_reserve)
+        before = rt.store.stats.tiers()
+        failures_before = rt.store.stats.failures
         result = process_batch(
             event,
             rt.store,
@@ -110,11 +112,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="BatchFailures", unit="Count", value=1)
         logger.error("batch failed; the event source mapping will retry it", extra={"error": str(exc)})
         raise
+    except Exception as exc:
+        metrics.add_metric(name="BatchFailures", unit="Count", value=1)
+        logger.exception("batch failed unexpectedly", extra={"error": f"{type(exc).__name__}: {exc}"})
+        raise
     summary = result.summary()
     summary["event_source"] = info.source
-    summary["metadata"] = rt.store.stats.tiers()
-    summary["snapshot_failures"] = rt.store.stats.failures
-    if rt.store.stats.last_error:
+    summary["metadata"] = {k: v - before[k] for k, v in rt.store.stats.tiers().items()}
+    summary["snapshot_failures"] = rt.store.stats.failures - failures_before
+    if summary["snapshot_failures"]:
         summary["snapshot_error"] = rt.store.stats.last_error
     if result.batch_item_failures:
         metrics.add_metric(name="BatchPartialFailures", unit="Count", value=1)

@@ -287,6 +287,7 @@ def process_batch(
         result.dropped = +result.dropped
         result.quarantined = +result.quarantined
         result.sink = exc.report or WriteReport(lines=len(done.lines))
+        result.points = exc.acknowledged - sum(1 for i, _ in result.sink.rejected if i < exc.acknowledged)
     else:
         _quarantine_rejected(done, result.sink.rejected, bad, result)
     if bad:
