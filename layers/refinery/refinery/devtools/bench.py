@@ -59,6 +59,7 @@ import orjson
 from ..metadata.snapshot import AppInfo, encode_snapshot
 from ..metadata.store import MetadataStore, SnapshotSource
 from ..pipeline import Transformed, transform_batch
+from .environ import patched_environ
 from .events import build_kafka_event
 from .fake_cc import Foundation
 
@@ -1121,24 +1122,6 @@ def bench_metadata(sizes: Sizes, rows: dict[str, Row]) -> None:
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def _quiet(*loggers: Any) -> Iterator[None]:
     """Discard log lines and EMF output while the code under test still produces them (that is part of
     its cost): the streams of the log handlers of ``refinery``, the root and ``loggers`` (Powertools
@@ -1200,7 +1183,7 @@ def bench_end_to_end(
             "INFLUX_DATABASE": database,
             "INFLUX_GZIP": str(gzip_on).lower(),
         }
-        with _environment({**settings, "METADATA_BUCKET": bucket, "METADATA_FILE": None}):
+        with patched_environ({**settings, "METADATA_BUCKET": bucket, "METADATA_FILE": None}):
             config = load_config()
         enricher.reset_runtime(enricher.build_runtime(config))
 
@@ -1385,7 +1368,7 @@ def bench_servers(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> EndToEn
         failed(rows, sorted(SERVER_ROWS), exc)
         return None
     try:
-        with _environment(
+        with patched_environ(
             {
                 "AWS_ACCESS_KEY_ID": "bench",
                 "AWS_SECRET_ACCESS_KEY": "bench",

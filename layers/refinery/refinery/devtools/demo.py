@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from typing import Any
 
+from .environ import patched_environ
 from .events import build_kafka_event
 from .fake_cc import FakeCloudController, Foundation
 from .samples import SAMPLE_APP, sample_envelopes
@@ -24,20 +24,6 @@ from .servers import MotoS3Server
 
 BUCKET = "refinery-demo"
 METADATA_KEY = "metadata/apps.json.gz"
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _print_summary(summary: dict[str, Any], out: Any) -> None:
@@ -80,7 +66,7 @@ def run_demo(out: Any = None) -> int:
     }
     with MotoS3Server() as s3, FakeCloudController(sample_foundation()) as cc:
         settings.update(AWS_ENDPOINT_URL_S3=s3.url, CF_API_URL=cc.url)
-        with _environment(settings):
+        with patched_environ(settings):
             print(f"S3 (moto) on {s3.url}; fake Cloud Controller (v3 API + UAA) on {cc.url}", file=out)
             return _refresh_then_enrich(out)
 
