@@ -2,13 +2,12 @@
 
 ``records`` maps ``"<topic>-<partition>"`` to a list of records with ``topic``, ``partition``,
 ``offset``, ``timestamp`` (epoch ms), ``timestampType``, optional ``key`` and ``value`` (base64) and
-``headers``. The hot path reads the plain dicts; Powertools' ``KafkaEvent`` data class supplies the
-event-level fields (source, cluster ARN, bootstrap servers).
+``headers``. The hot path (``pipeline.transform_batch``) reads the plain dicts; Powertools'
+``KafkaEvent`` data class supplies the event-level fields (source, cluster ARN, bootstrap servers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +43,3 @@ def describe(event: Any) -> EventInfo:
             raise NotAKafkaEvent(f"records[{key!r}] is not a list")
     servers = kafka.decoded_bootstrap_servers if event.get("bootstrapServers") else []
     return EventInfo(source=source, source_arn=event.get("eventSourceArn"), bootstrap_servers=servers)
-
-
-def iter_records(event: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(topic-partition key, record) in partition order, then offset order as delivered."""
-    for key, batch in event["records"].items():
-        for record in batch:
-            yield key, record if isinstance(record, dict) else {"value": record}
