@@ -128,23 +128,14 @@ class Transformed:
 class _Placement:
     """Where each point goes, keeping (measurement, tags, timestamp) unique within the batch.
 
-    The common case is one dict insert keyed by the integer timestamp; lines are compared (and
-    parsed) only when two points share a timestamp.
+    The common case — a timestamp no other point of the batch has — is one dict insert, done inline
+    by :func:`transform_batch`; lines are compared (and parsed) by :meth:`collide` only when two
+    points share a timestamp.
     """
 
     def __init__(self, transformed: Transformed):
         self.t = transformed
         self.by_time: dict[int, int | list[int]] = {}
-
-    def place(self, line: str, timestamp: int, origin: Origin) -> None:
-        t = self.t
-        index = self.by_time.get(timestamp)
-        if index is None:
-            self.by_time[timestamp] = len(t.lines)
-            t.lines.append(line)
-            t.origins.append(origin)
-            return
-        self._collide(line, timestamp, origin)
 
     def _at(self, timestamp: int) -> list[int]:
         found = self.by_time.get(timestamp)
@@ -152,7 +143,7 @@ class _Placement:
             return []
         return found if isinstance(found, list) else [found]
 
-    def _collide(self, line: str, timestamp: int, origin: Origin) -> None:
+    def collide(self, line: str, timestamp: int, origin: Origin) -> None:
         t = self.t
         for index in self._at(timestamp):
             if t.lines[index] == line:  # an identical record: the same point
@@ -185,7 +176,11 @@ def transform_batch(
     """
     result = BatchResult()
     transformed = Transformed([], [], result)
-    place = _Placement(transformed).place
+    placement = _Placement(transformed)
+    collide = placement.collide
+    by_time = placement.by_time
+    lines = transformed.lines
+    origins = transformed.origins
     bad = transformed.quarantine
     lookup = store.lookup
     loads = orjson.loads
@@ -233,7 +228,13 @@ def transform_batch(
                     dropped[outcome.reason] += 1
                 continue
             written += 1
-            place(outcome[0], outcome[1], (key, record))
+            timestamp = outcome[1]
+            if timestamp in by_time:  # another point of this batch has that time: compare them
+                collide(outcome[0], timestamp, (key, record))
+            else:
+                by_time[timestamp] = len(lines)
+                lines.append(outcome[0])
+                origins.append((key, record))
     result.records_in = sum(span[2] for span in partitions.values())
     result.written = written
     for item in bad:

@@ -31,6 +31,7 @@ import binascii
 import contextlib
 import cProfile
 import datetime as dt
+import functools
 import gc
 import gzip
 import io
@@ -55,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pybase64
 
 from ..metadata.snapshot import AppInfo, encode_snapshot
 from ..metadata.store import MetadataStore, SnapshotSource
@@ -651,13 +653,23 @@ def interleaved(
 # ---------------------------------------------------------------------------------------- baselines
 
 
-def decode_floor(event: Mapping[str, Any]) -> int:
-    """The floor: base64-decode and JSON-parse (orjson) every record, and nothing else."""
-    loads, a2b = orjson.loads, binascii.a2b_base64
+# partials, not defs: the floor pays no Python frame per record either
+_pybase64_strict: Callable[[str], bytes] = functools.partial(pybase64.b64decode, validate=True)
+_binascii_strict: Callable[[str], bytes] = functools.partial(binascii.a2b_base64, strict_mode=True)
+
+
+def decode_floor(event: Mapping[str, Any], b64: Callable[[str], bytes] = _pybase64_strict) -> int:
+    """The floor: base64-decode and JSON-parse every record, and nothing else.
+
+    With the fastest strict decoders we know, the ones the enricher itself uses (pybase64, SIMD,
+    about 4× faster than ``binascii`` here; orjson): a floor slower than our own decoding would
+    flatter the ratio.
+    """
+    loads = orjson.loads
     count = 0
     for batch in event["records"].values():
         for record in batch:
-            loads(a2b(record["value"], strict_mode=True))
+            loads(b64(record["value"]))
             count += 1
     return count
 
@@ -793,9 +805,18 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
     n = work.records
 
     _progress(f"core vs decode floor: {sizes.rounds} interleaved rounds of {_count(n)} records")
-    times = interleaved({"ours": ours, "floor": lambda: decode_floor(work.event)}, sizes.rounds, gc_off=True)
+    times = interleaved(
+        {
+            "ours": ours,
+            "floor": lambda: decode_floor(work.event),
+            "stdlib": lambda: decode_floor(work.event, _binascii_strict),
+        },
+        sizes.rounds,
+        gc_off=True,
+    )
     best, floor = min(times["ours"]) / n, min(times["floor"]) / n
     ratio = best / floor
+    stdlib_ratio = best / (min(times["stdlib"]) / n)
     fill(
         rows["core_floor"],
         ours=f"{_us(best)}/record",
@@ -805,10 +826,13 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
         status=_verdict(ratio <= TARGET_CORE_VS_FLOOR),
         how=(
             f"`transform_batch(event, store)` (after the store's per-invocation reset) on {_count(n)}"
-            " records against base64-decoding (`binascii.a2b_base64`, strict) and `orjson.loads` of the"
+            " records against base64-decoding (`pybase64.b64decode`, strict, the fastest decoder we know"
+            " and the one the enricher uses; `binascii` is about 4× slower) and `orjson.loads` of the"
             " same records;"
             f" best of {sizes.rounds} interleaved rounds, GC off while timed; median ratio"
             f" {statistics.median(o / f for o, f in zip(times['ours'], times['floor'], strict=True)):.2f}×."
+            f" Against a floor decoding base64 with the standard library's `binascii.a2b_base64` instead,"
+            f" measured in the same rounds, the ratio is {stdlib_ratio:.2f}×."
         ),
     )
 
