@@ -46,6 +46,94 @@ def actions(statement: dict[str, Any]) -> list[str]:
     return action if isinstance(action, list) else [action]
 
 
+#: The only wildcards a declared policy may hold: every object under a prefix of a bucket.
+ALLOWED_RESOURCE_WILDCARDS = {
+    "${MetadataBucket.Arn}/quarantine/*",  # the enricher's quarantine objects
+    "${FailedBatchesBucket.Arn}/*",  # the on-failure destination's own bucket
+}
+
+
+def _branches(statement: Any) -> list[dict[str, Any]]:
+    """Both branches of a statement under ``!If`` (without ``AWS::NoValue``), else the statement."""
+    if isinstance(statement, dict) and set(statement) == {"If"}:
+        found = []
+        for branch in statement["If"][1:]:
+            found.extend(_branches(branch))
+        return found
+    if statement == {"Ref": "AWS::NoValue"}:
+        return []
+    return [statement]
+
+
+def declared_policies() -> list[tuple[str, dict[str, Any]]]:
+    """(resource, statement) for every policy statement the template declares, whatever the resource."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for name, resource in resources().items():
+        props = resource.get("Properties", {})
+        documents: list[Any] = []
+        if resource["Type"] == "AWS::Serverless::Function":
+            documents.extend(p for p in props.get("Policies", []) if isinstance(p, dict) and "Statement" in p)
+            assert all(isinstance(p, dict) and "Statement" in p for p in props.get("Policies", [])), (
+                f"{name}: use inline statements (managed policies and policy templates cannot be checked)"
+            )
+        elif resource["Type"] == "AWS::IAM::Role":
+            documents.extend(p["PolicyDocument"] for p in props.get("Policies", []))
+            assert not props.get("ManagedPolicyArns"), f"{name}: managed policies cannot be checked"
+        elif resource["Type"] in (
+            "AWS::IAM::Policy",
+            "AWS::IAM::ManagedPolicy",
+            "AWS::SNS::TopicPolicy",
+            "AWS::S3::BucketPolicy",
+            "AWS::SQS::QueuePolicy",
+        ):
+            documents.append(props["PolicyDocument"])
+        for document in documents:
+            for statement in document["Statement"]:
+                found.extend((name, branch) for branch in _branches(statement))
+    return found
+
+
+def _strings(value: Any) -> list[str]:
+    """The literal text of a resource: a string, the template of a ``!Sub``, or ``!Join`` parts."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    if isinstance(value, dict) and "Sub" in value:
+        sub = value["Sub"]
+        return _strings(sub if isinstance(sub, str) else sub[0])
+    if isinstance(value, dict) and "Join" in value:
+        return ["".join(t for item in value["Join"][1] for t in _strings(item))]
+    return []
+
+
+def test_no_declared_policy_has_a_wildcard_action_or_resource() -> None:
+    found = declared_policies()
+    names = {name for name, _ in found}
+    assert {"EnricherFunction", "SelfManagedEnricherFunction", "MetadataRefreshFunction"} <= names
+    for name, statement in found:
+        assert statement["Effect"] == "Allow", (name, statement)
+        assert "NotAction" not in statement and "NotResource" not in statement, (name, statement)
+        assert all("*" not in a for a in actions(statement)), (name, statement)
+        for text in _strings(statement["Resource"]):
+            assert "*" not in text or text in ALLOWED_RESOURCE_WILDCARDS, (name, text)
+
+
+def test_the_wildcard_check_catches_wildcards() -> None:
+    bad = [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": {"Sub": "${MetadataBucket.Arn}/x"}},
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": {"Sub": "${MetadataBucket.Arn}/*"}},
+        {"Effect": "Allow", "Action": "kafka-cluster:ReadData", "Resource": {"Join": ["", ["arn:", "*"]]}},
+    ]
+    for statement in bad:
+        wildcard_action = any("*" in a for a in actions(statement))
+        wildcard_resource = any(
+            "*" in t and t not in ALLOWED_RESOURCE_WILDCARDS for t in _strings(statement["Resource"])
+        )
+        assert wildcard_action or wildcard_resource, statement
+
+
 def test_no_wildcard_actions_or_resources() -> None:
     for name in ("EnricherFunction", "SelfManagedEnricherFunction", "MetadataRefreshFunction"):
         for statement in statements(name):
@@ -90,3 +178,170 @@ def test_secrets_are_references_not_plain_parameters() -> None:
     params = yaml.load(TEMPLATE.read_text(), Loader=_Loader)["Parameters"]
     assert not any(name in params for name in ("InfluxToken", "InfluxPassword", "CfClientSecret"))
     assert "InfluxTokenSecretArn" in params and "CfClientSecretArn" in params
+
+
+# -------------------------------------------------------------------------- operations (issue 6)
+
+
+def _template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(), Loader=_Loader)
+
+
+def _emitted(name: str) -> bool:
+    from refinery.observability import ENRICHER_METRICS, METRIC_FAMILIES, REFRESH_METRICS
+
+    prefix = name.split(".", 1)[0]
+    return name in ENRICHER_METRICS or name in REFRESH_METRICS or ("." in name and prefix in METRIC_FAMILIES)
+
+
+def test_tracing_log_level_and_namespace_are_parameters() -> None:
+    template = _template()
+    function = template["Globals"]["Function"]
+    assert function["Tracing"] == {"If": ["UseActiveTracing", "Active", "PassThrough"]}
+    env = function["Environment"]["Variables"]
+    assert env["POWERTOOLS_TRACE_DISABLED"] == {"If": ["UseActiveTracing", "false", "true"]}
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
+    assert env["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
+    assert template["Parameters"]["ActiveTracing"]["Default"] == "false"
+
+
+def test_alarms_cover_errors_lag_quarantine_snapshot_age_and_refresh_failures() -> None:
+    alarms = {n: r for n, r in resources().items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    watched = set()
+    for alarm in alarms.values():
+        namespace = alarm["Properties"]["Namespace"]
+        watched.add(
+            (namespace if isinstance(namespace, str) else "custom", alarm["Properties"]["MetricName"])
+        )
+    assert watched == {
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "OffsetLag"),
+        ("custom", "RecordsQuarantined"),
+        ("custom", "SnapshotAge"),
+        ("custom", "RefreshFailures"),
+    }
+    errors = [
+        str(a["Properties"]["Dimensions"][0]["Value"])
+        for a in alarms.values()
+        if a["Properties"]["MetricName"] == "Errors"
+    ]
+    assert any("MetadataRefreshFunction" in e for e in errors)
+    assert any("EnricherFunction" in e and "SelfManagedEnricherFunction" in e for e in errors)
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        if props["Namespace"] == {"Ref": "MetricsNamespace"}:
+            assert _emitted(props["MetricName"]), name
+            assert props["Dimensions"] == [{"Name": "service", "Value": "refinery"}], name
+        # notifications only when an e-mail address is given
+        for key in ("AlarmActions", "OKActions"):
+            assert props[key] == {
+                "If": ["HasNotificationEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]
+            }, name
+    snapshot = alarms["SnapshotAgeAlarm"]["Properties"]
+    assert snapshot["Threshold"] == {"Ref": "SnapshotAgeAlarmSeconds"}
+    assert _template()["Parameters"]["SnapshotAgeAlarmSeconds"]["Default"] == 1800  # 3 x rate(10 minutes)
+    topic = resources()["AlarmTopic"]
+    assert topic["Condition"] == "HasNotificationEmail"
+    assert topic["Properties"]["Subscription"] == [
+        {"Protocol": "email", "Endpoint": {"Ref": "NotificationEmail"}}
+    ]
+
+
+def _dashboard() -> dict[str, Any]:
+    import json
+    import re
+
+    body, variables = resources()["Dashboard"]["Properties"]["DashboardBody"]["Sub"]
+    assert set(re.findall(r"\$\{([^}]+)\}", body)) == {*variables, "AWS::Region"}
+    values = {"Namespace": "Refinery", "Enricher": "enricher-fn", "Refresh": "refresh-fn"}
+    values |= {"SnapshotAgeLimit": "1800", "AWS::Region": "us-east-1"}
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], body))
+
+
+def test_the_dashboard_shows_the_key_metrics_by_the_names_the_code_emits() -> None:
+    widgets = _dashboard()["widgets"]
+    shown: set[str] = set()
+    searches: list[str] = []
+    for widget in widgets:
+        if widget["type"] != "metric":
+            continue
+        for row in widget["properties"]["metrics"]:
+            if isinstance(row[0], dict):
+                searches.append(row[0]["expression"])
+                continue
+            namespace, name, *dims = [x for x in row if not isinstance(x, dict)]
+            if namespace == "Refinery":
+                assert _emitted(name), name
+                assert dims == ["service", "refinery"], (name, dims)  # no per-app dimension
+                shown.add(name)
+            else:
+                assert namespace == "AWS/Lambda" and dims[0] == "FunctionName", row
+                shown.add(f"AWS/Lambda:{name}")
+    assert {
+        "RecordsIn",
+        "PointsWritten",
+        "RecordsDropped",
+        "RecordsQuarantined",
+        "EnrichmentMisses",
+        "HitRatio.cache",
+        "HitRatio.snapshot",
+        "SinkSeconds",
+        "SinkRetries",
+        "BatchLag",
+        "SnapshotAge",
+        "BatchFailures",
+        "RefreshApps",
+        "RefreshPages",
+        "RefreshSeconds",
+        "RefreshFailures",
+        "AWS/Lambda:OffsetLag",
+        "AWS/Lambda:Errors",
+    } <= shown
+    assert any("MetricName=Quarantined" in s for s in searches)
+    assert any("MetricName=Dropped" in s for s in searches)
+    queries = [w["properties"]["query"] for w in widgets if w["type"] == "log"]
+    assert any('"batch done"' in q and "summary.records_in" in q for q in queries)
+
+
+def test_the_translated_template_attaches_only_known_managed_policies_and_no_wildcards(
+    monkeypatch: Any,
+) -> None:
+    """What SAM generates too: its inline policies have no wildcard; managed ones are AWS's own."""
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    template = yaml_parse(TEMPLATE.read_text())
+    for resource in template["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = "s3://bucket/key"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    translated = transform(template, {}, NoManagedPolicies())
+    managed: set[str] = set()
+    for name, resource in translated["Resources"].items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        managed.update(arn.rsplit("/", 1)[-1] for arn in resource["Properties"].get("ManagedPolicyArns", []))
+        for policy in resource["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                for branch in _branches(
+                    {"If": statement["Fn::If"]}
+                    if isinstance(statement, dict) and "Fn::If" in statement
+                    else statement
+                ):
+                    assert all("*" not in a for a in actions(branch)), (name, branch)
+                    resource_text = [str(branch["Resource"])] if isinstance(branch["Resource"], str) else []
+                    assert "*" not in resource_text, (name, branch)
+    # Lambda's logs, X-Ray writes (Tracing is a parameter), the optional VPC, and the MSK poller's
+    # describe/ENI actions: AWS-managed policies whose actions have no resource-level permissions.
+    assert managed <= {
+        "AWSLambdaBasicExecutionRole",
+        "AWSXrayWriteOnlyAccess",
+        "AWSLambdaVPCAccessExecutionRole",
+        "AWSLambdaMSKExecutionRole",
+    }, managed

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from .s3 import LazyS3Client
+from .tracing import traced
 
 
 class QuarantineError(RuntimeError):
@@ -86,6 +87,7 @@ class Quarantine(LazyS3Client):
             return f"s3://{self.bucket}/{key}"
         return os.path.join(self.directory or ".", key)
 
+    @traced("## quarantine write")
     def write(self, key: str, records: list[QuarantinedRecord]) -> str:
         body = encode_records(records)
         where = self.location(key)

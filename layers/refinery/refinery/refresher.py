@@ -11,10 +11,18 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from .config import load_config
+from .config import ConfigError, load_config
 from .enricher import cloud_controller_client
 from .metadata.refresh import refresh_snapshot
-from .observability import make_logger, make_metrics
+from .observability import (
+    emit_failure_metric,
+    emit_refresh_metrics,
+    error_fields,
+    make_logger,
+    make_metrics,
+    warn_if_tls_unverified,
+)
+from .tracing import trace_handler
 
 logger = make_logger()
 metrics = make_metrics()
@@ -24,8 +32,15 @@ TIME_RESERVE = 5.0
 
 
 @metrics.log_metrics
+@trace_handler
 def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
-    config = load_config(role="refresh")
+    try:
+        config = load_config(role="refresh")
+    except ConfigError as exc:
+        emit_failure_metric(metrics, "RefreshFailures")
+        logger.error("metadata refresh not started: invalid configuration", extra=error_fields(exc))
+        raise
+    warn_if_tls_unverified(logger, config)
     assert config.cf is not None and config.metadata_bucket is not None
     force = config.refresh_force or bool(isinstance(event, dict) and event.get("force") is True)
     deadline = time.monotonic() + max(1.0, context.get_remaining_time_in_millis() / 1000.0 - TIME_RESERVE)
@@ -45,17 +60,14 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
             deadline=deadline,
         )
     except Exception as exc:
-        metrics.add_metric(name="RefreshFailures", unit="Count", value=1)
+        emit_failure_metric(metrics, "RefreshFailures")
         metrics.add_metric(name="RefreshSeconds", unit="Seconds", value=time.monotonic() - started)
-        logger.error("metadata refresh failed; the previous snapshot is unchanged", extra={"error": str(exc)})
+        logger.error("metadata refresh failed; the previous snapshot is unchanged", extra=error_fields(exc))
         raise
     finally:
         client.close()
     summary = asdict(result)
     summary["snapshot"] = f"s3://{config.metadata_bucket}/{config.metadata_key}"
-    metrics.add_metric(name="RefreshApps", unit="Count", value=result.apps)
-    metrics.add_metric(name="RefreshPages", unit="Count", value=result.pages)
-    metrics.add_metric(name="RefreshSeconds", unit="Seconds", value=result.duration_s)
-    metrics.add_metric(name="SnapshotBytes", unit="Bytes", value=result.bytes)
+    emit_refresh_metrics(metrics, result)
     logger.info("metadata refresh done", extra={"summary": summary})
     return summary

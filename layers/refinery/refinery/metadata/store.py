@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from cachetools import TTLCache
 
 from ..s3 import LazyS3Client
+from ..tracing import traced
 from ..transform import AppTags
 from .snapshot import AppInfo, Snapshot, SnapshotError, decode_snapshot
 
@@ -43,6 +44,7 @@ class S3SnapshotSource(LazyS3Client, SnapshotSource):
         self.description = f"s3://{bucket}/{key}"
         self._client = client
 
+    @traced("## snapshot fetch")
     def fetch(self, etag: str | None) -> tuple[bytes | None, str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
 

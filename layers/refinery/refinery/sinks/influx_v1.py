@@ -44,7 +44,10 @@ class InfluxV1Sink(Sink):
         if self.config.gzip:
             body = gzip.compress(body, compresslevel=1)
         try:
-            response = self.session.post(self.url, params=self.params, data=body, timeout=timeout)
+            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session-level verify=False
+            response = self.session.post(
+                self.url, params=self.params, data=body, timeout=timeout, verify=self.config.verify_tls
+            )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise Retryable(f"POST {self.url}: {type(exc).__name__}") from exc
         if response.status_code in (200, 204):

@@ -1,0 +1,307 @@
+"""What operators see in CloudWatch: the EMF documents and the summary line, for real batches.
+
+The real enricher and refresh handlers run against InfluxDB 1.x, S3 on moto and the fake Cloud
+Controller. Everything they print is captured: the Powertools logger's stream and stdout, where
+Powertools Metrics prints the embedded-metric-format documents.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from mixed_batch import CC_SECRET, LAG_MS, SNAPSHOT_AGE_S, MixedBatch, mixed_batch
+
+from refinery import enricher, refresher
+from refinery.devtools.fake_cc import FakeCloudController
+from refinery.devtools.lambda_context import LocalContext
+from refinery.devtools.servers import free_port
+from refinery.observability import ENRICHER_METRICS, METRIC_FAMILIES, REFRESH_METRICS
+from refinery.sinks import FlushError
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "metadata/apps.json.gz"
+SUMMARY_KEYS = {
+    "records_in",
+    "written",
+    "points",
+    "dropped",
+    "dropped_by_reason",
+    "quarantined",
+    "quarantined_by_reason",
+    "partitions",
+    "metadata",
+    "sink",
+    "sink_chunks",
+    "sink_bytes",
+    "sink_retries",
+    "sink_seconds",
+    "seconds",
+    "batch_lag_ms",
+    "snapshot_age_s",
+    "event_source",
+}
+
+
+@pytest.fixture
+def printed(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], tuple[list[dict], list[dict]]]]:
+    """Read (log records, EMF documents) printed since the last call."""
+    buffer = io.StringIO()
+    handler = enricher.logger.registered_handler
+    previous = handler.setStream(buffer)  # type: ignore[attr-defined]
+
+    def read() -> tuple[list[dict], list[dict]]:
+        logs = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+        buffer.seek(0)
+        buffer.truncate()
+        out = capsys.readouterr().out
+        docs = [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+        return logs, docs
+
+    capsys.readouterr()
+    yield read
+    handler.setStream(previous)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def ops(monkeypatch: pytest.MonkeyPatch, s3_bucket: str, influxdb1: Any, influx_db: str) -> Iterator[Any]:
+    batch = mixed_batch()
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=KEY, Body=batch.snapshot)
+    with FakeCloudController(batch.foundation, client_id="refinery", client_secret=CC_SECRET) as cc:
+        for name in list(os.environ):
+            if name.startswith(("INFLUX_", "CF_", "METADATA_", "QUARANTINE_", "LIVE_")):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("METADATA_BUCKET", s3_bucket)
+        monkeypatch.setenv("INFLUX_URL", influxdb1.url)
+        monkeypatch.setenv("INFLUX_DATABASE", influx_db)
+        monkeypatch.setenv("CF_API_URL", cc.url)
+        monkeypatch.setenv("CF_CLIENT_ID", "refinery")
+        monkeypatch.setenv("CF_CLIENT_SECRET", CC_SECRET)
+        enricher.reset_runtime()
+        yield batch, cc
+        enricher.reset_runtime()
+
+
+def _definitions(doc: dict[str, Any]) -> dict[str, str]:
+    (directive,) = doc["_aws"]["CloudWatchMetrics"]
+    return {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+
+
+def _check_emf_shape(doc: dict[str, Any]) -> None:
+    """One namespace, the single ``service`` dimension, and nothing per app in the document."""
+    (directive,) = doc["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == enricher.metrics.namespace
+    assert directive["Dimensions"] == [["service"]]
+    assert doc["service"] == "refinery"
+    assert set(doc) == {"_aws", "service", *_definitions(doc)}, "no per-app property or dimension"
+    assert abs(doc["_aws"]["Timestamp"] / 1000 - time.time()) < 60
+
+
+def _value(doc: dict[str, Any], name: str) -> float:
+    value = doc[name]
+    return value[0] if isinstance(value, list) else value
+
+
+def _expected_unit(name: str) -> str:
+    if name in ENRICHER_METRICS:
+        return ENRICHER_METRICS[name]
+    if name in REFRESH_METRICS:
+        return REFRESH_METRICS[name]
+    return METRIC_FAMILIES[name.split(".", 1)[0]]
+
+
+def test_a_mixed_batch_emits_its_metrics_and_one_summary_line(ops, printed) -> None:
+    batch: MixedBatch = ops[0]
+    started = time.time()
+    result = enricher.handler(batch.event, LocalContext(timeout_seconds=60))
+    logs, docs = printed()
+    summary = result["summary"]
+
+    # --- the summary line: one per invocation, everything the issue lists
+    (line,) = [r for r in logs if r["message"] == "batch done"]
+    assert line["level"] == "INFO" and line["service"] == "refinery"
+    assert line["summary"] == json.loads(json.dumps(summary))
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["records_in"] == batch.records
+    assert summary["records_in"] == summary["written"] + summary["dropped"] + summary["quarantined"]
+    assert summary["quarantined_by_reason"] == {"not_base64": 1, "not_json": 1}
+    assert summary["dropped_by_reason"]["unknown_app"] > 0
+    assert {"value_metric", "counter_event"} <= set(summary["dropped_by_reason"])
+    assert summary["partitions"] == {
+        key: {"first_offset": 0, "last_offset": len(records) - 1, "records": len(records)}
+        for key, records in batch.event["records"].items()
+    }
+    tiers = summary["metadata"]
+    assert 0 < tiers["snapshot"] <= len(batch.snapshot_apps)  # each app is resolved once per batch
+    assert tiers["live"] == len(batch.live_apps) and tiers["unknown"] == 1
+    assert summary["sink"] == "influxdb-v1" and summary["sink_chunks"] >= 1 and summary["sink_seconds"] > 0
+    lag_now = (time.time() * 1000) - batch.oldest_timestamp_ms
+    assert LAG_MS <= summary["batch_lag_ms"] <= lag_now + 1
+    assert SNAPSHOT_AGE_S <= summary["snapshot_age_s"] <= SNAPSHOT_AGE_S + (time.time() - started) + 60
+
+    # --- the EMF document
+    (doc,) = docs
+    _check_emf_shape(doc)
+    definitions = _definitions(doc)
+    for name, unit in definitions.items():
+        assert unit == _expected_unit(name), name
+    assert {
+        "RecordsIn",
+        "RecordsWritten",
+        "PointsWritten",
+        "RecordsDropped",
+        "RecordsQuarantined",
+        "EnrichmentMisses",
+        "SinkSeconds",
+        "SinkRetries",
+        "BatchLag",
+        "SnapshotAge",
+        "HitRatio.cache",
+        "HitRatio.snapshot",
+        "HitRatio.live",
+        "HitRatio.negative",
+        "Quarantined.not_base64",
+        "Quarantined.not_json",
+        "Dropped.unknown_app",
+        "Dropped.value_metric",
+        "Dropped.counter_event",
+    } <= set(definitions)
+    assert "BatchFailures" not in definitions
+    assert _value(doc, "RecordsIn") == summary["records_in"]
+    assert _value(doc, "RecordsWritten") == summary["written"]
+    assert _value(doc, "PointsWritten") == summary["points"]
+    assert _value(doc, "RecordsDropped") == summary["dropped"]
+    assert _value(doc, "RecordsQuarantined") == 2
+    assert _value(doc, "Dropped.unknown_app") == summary["dropped_by_reason"]["unknown_app"]
+    assert _value(doc, "EnrichmentMisses") == summary["dropped_by_reason"]["unknown_app"]
+    assert _value(doc, "BatchLag") == summary["batch_lag_ms"]
+    assert _value(doc, "SnapshotAge") == summary["snapshot_age_s"]
+    assert _value(doc, "SinkSeconds") == summary["sink_seconds"]
+    resolved = tiers["snapshot"] + tiers["live"] + tiers["unknown"]
+    assert _value(doc, "HitRatio.snapshot") == round(100 * tiers["snapshot"] / resolved, 2)
+    assert _value(doc, "HitRatio.live") == round(100 * len(batch.live_apps) / resolved, 2)
+    assert _value(doc, "HitRatio.cache") == 0
+
+    # --- a warm container: the second invocation answers from the warm cache and the negative cache
+    enricher.handler(batch.event, LocalContext(timeout_seconds=60))
+    logs, docs = printed()
+    (line,) = [r for r in logs if r["message"] == "batch done"]
+    assert line["summary"]["metadata"]["cache"] == tiers["snapshot"] + tiers["live"]
+    assert line["summary"]["metadata"]["negative"] == 1
+    (doc,) = docs
+    _check_emf_shape(doc)
+    assert _value(doc, "HitRatio.cache") == round(100 * (resolved - 1) / resolved, 2)
+    assert _value(doc, "HitRatio.negative") == round(100 / resolved, 2)
+
+
+def test_a_failed_batch_logs_the_error_its_cause_and_offsets_and_counts_a_failure(
+    ops, printed, monkeypatch
+) -> None:
+    batch: MixedBatch = ops[0]
+    monkeypatch.setenv("INFLUX_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("FLUSH_TIME_RESERVE", "1s")
+    enricher.reset_runtime()
+    with pytest.raises(FlushError):
+        enricher.handler(batch.event, LocalContext(timeout_seconds=2.5))
+    logs, docs = printed()
+    (line,) = [r for r in logs if r["level"] == "ERROR"]
+    assert line["message"] == "batch failed; the event source mapping will retry it"
+    assert line["error"].startswith("FlushError: influxdb-v1: ")
+    assert "ConnectionError" in line["error"] or "ConnectionError" in line.get("cause", "")
+    assert line["partitions"]["cf-firehose-1"] == {
+        "first_offset": 0,
+        "last_offset": len(batch.event["records"]["cf-firehose-1"]) - 1,
+        "records": len(batch.event["records"]["cf-firehose-1"]),
+    }
+    assert line["batch_lag_ms"] >= LAG_MS
+    assert not [r for r in logs if r["message"] == "batch done"]
+    (doc,) = docs
+    _check_emf_shape(doc)
+    assert _definitions(doc) == {"BatchFailures": "Count"}
+    assert _value(doc, "BatchFailures") == 1
+
+
+def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures(ops, printed) -> None:
+    batch, cc = ops
+    summary = refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
+    logs, docs = printed()
+    (line,) = [r for r in logs if r["message"] == "metadata refresh done"]
+    assert line["summary"]["apps"] == len(batch.foundation.apps) == summary["apps"]
+    (doc,) = docs
+    _check_emf_shape(doc)
+    assert _definitions(doc) == REFRESH_METRICS
+    assert _value(doc, "RefreshApps") == len(batch.foundation.apps)
+    assert _value(doc, "RefreshSpaces") == len(batch.foundation.spaces)
+    assert _value(doc, "RefreshOrgs") == len(batch.foundation.orgs)
+    assert _value(doc, "RefreshPages") == summary["pages"] >= 1
+    assert _value(doc, "RefreshSeconds") == summary["duration_s"]
+    assert _value(doc, "RefreshFailures") == 0
+
+    cc.clients["refinery"] = "another-secret"  # UAA now refuses the client
+    with pytest.raises(Exception, match="UAA rejected"):
+        refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
+    logs, docs = printed()
+    (line,) = [r for r in logs if r["level"] == "ERROR"]
+    assert line["message"] == "metadata refresh failed; the previous snapshot is unchanged"
+    assert line["error"].startswith("CloudControllerAuthError: POST /uaa/oauth/token: HTTP 401")
+    (doc,) = docs
+    _check_emf_shape(doc)
+    assert _value(doc, "RefreshFailures") == 1
+    assert set(_definitions(doc)) == {"RefreshFailures", "RefreshSeconds"}
+
+
+def test_a_configuration_error_of_the_refresh_counts_as_a_failure(ops, printed, monkeypatch) -> None:
+    monkeypatch.delenv("CF_CLIENT_ID")
+    with pytest.raises(Exception, match="CF_CLIENT_ID"):
+        refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
+    logs, docs = printed()
+    (line,) = [r for r in logs if r["level"] == "ERROR"]
+    assert "CF_CLIENT_ID: required" in line["error"]
+    (doc,) = docs
+    assert _definitions(doc) == {"RefreshFailures": "Count"}
+
+
+@pytest.mark.parametrize(("level", "summary_logged"), [("INFO", True), ("ERROR", False)])
+def test_the_log_level_and_namespace_come_from_the_powertools_settings(
+    level: str, summary_logged: bool, tmp_path: Path
+) -> None:
+    """A fresh process, as in a new container: POWERTOOLS_LOG_LEVEL and POWERTOOLS_METRICS_NAMESPACE."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INFLUX_", "CF_", "METADATA_"))}
+    env |= {
+        "METADATA_FILE": str(ROOT / "events" / "sample-snapshot.json.gz"),
+        "POWERTOOLS_LOG_LEVEL": level,
+        "POWERTOOLS_METRICS_NAMESPACE": "Refinery/Test",
+        "QUARANTINE_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refinery.cli",
+            "invoke",
+            "enricher",
+            "--event",
+            str(ROOT / "events" / "msk.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(x) for x in done.stderr.splitlines() if x.startswith('{"')]
+    logged = [x for x in lines if x.get("message") == "batch done"]
+    assert bool(logged) is summary_logged
+    (doc,) = [x for x in lines if "_aws" in x]
+    assert doc["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Refinery/Test"
