@@ -878,8 +878,8 @@ def test_records_of_an_app_with_a_malformed_snapshot_entry_are_not_dropped(stack
     absent, so with no live lookup its records are DROPPED as unknown_app (final, not replayable)
     although the app exists; before, the whole snapshot was refused (records quarantined as
     metadata_unavailable, or the previous snapshot kept)."""
-    doc = orjson.loads(gzip.decompress(SNAPSHOT))
-    doc["apps"][GUIDS[0]]["name"] = 5
+    doc = orjson.loads(gzip.decompress(SNAPSHOT))  # schema 2: the apps' names are one column
+    doc["apps"]["name"][doc["apps"]["guid"].index(GUIDS[0])] = 5
     stack.put_snapshot(gzip.compress(orjson.dumps(doc)))
     generated, event = standard(60)
     victims = per_app(generated)[GUIDS[0]]

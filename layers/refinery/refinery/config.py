@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .filters import PointFilter, parse_extra_tags, parse_regex
+
 
 class ConfigError(ValueError):
     """One or more settings are missing or malformed. ``problems`` holds one line per setting."""
@@ -65,6 +67,8 @@ def parse_non_negative_int(text: str) -> int:
 
 def parse_url(text: str) -> str:
     parts = urlsplit(text.strip())
+    if "@" in parts.netloc:  # not echoed: what precedes the @ is a credential
+        raise ValueError("must not hold credentials (user:password@); give them in their own secret setting")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{text!r} is not an http(s) URL")
     return text.strip().rstrip("/")
@@ -102,6 +106,8 @@ class Setting:
             parse_non_negative_int: "int",
             parse_url: "url",
             parse_share: "share",
+            parse_regex: "regex",
+            parse_extra_tags: "tags",
         }.get(self.parse, "string")
 
 
@@ -296,6 +302,104 @@ SETTINGS: tuple[Setting, ...] = (
         "Local directory for quarantine objects when no bucket is set (local runs).",
         "quarantine",
     ),
+    # --- Prometheus remote write (sinks/prometheus_rw.py) ----------------------------------------
+    Setting(
+        "PROM_REMOTE_WRITE_URL",
+        parse_url,
+        None,
+        "Prometheus remote-write URL (Prometheus with --web.enable-remote-write-receiver or "
+        "VictoriaMetrics: `…/api/v1/write`), alone or beside InfluxDB. Unset: no remote write.",
+        "prometheus",
+    ),
+    Setting(
+        "PROM_USERNAME", _str, "", "Remote-write basic-auth user name (with PROM_PASSWORD).", "prometheus"
+    ),
+    Setting("PROM_PASSWORD", _str, "", "Remote-write basic-auth password.", "prometheus", secret=True),
+    Setting(
+        "PROM_BEARER_TOKEN",
+        _str,
+        "",
+        "Remote-write bearer token (instead of basic auth).",
+        "prometheus",
+        secret=True,
+    ),
+    Setting(
+        "PROM_BATCH_SIZE",
+        parse_positive_int,
+        "2000",
+        "Points per remote-write request (each numeric field is one sample).",
+        "prometheus",
+    ),
+    Setting("PROM_TIMEOUT", parse_duration, "10s", "Timeout of one remote-write request.", "prometheus"),
+    Setting(
+        "PROM_VERIFY_TLS",
+        parse_bool,
+        "true",
+        "Verify the remote-write server's TLS certificate.",
+        "prometheus",
+    ),
+    Setting(
+        "PROM_MAX_RETRY_WAIT",
+        parse_duration,
+        "30s",
+        "Longest single wait between remote-write retries (Retry-After is honoured up to this).",
+        "prometheus",
+    ),
+    # --- Recording rules (rules/) ---------------------------------------------------------------
+    Setting(
+        "RULES_FILE",
+        _str,
+        None,
+        "Recording rules: a YAML file bundled with the function (or RULES_KEY for one in S3).",
+        "rules",
+    ),
+    Setting(
+        "RULES_BUCKET",
+        _str,
+        None,
+        "S3 bucket of the recording rules file (default: METADATA_BUCKET).",
+        "rules",
+    ),
+    Setting(
+        "RULES_KEY",
+        parse_s3_key,
+        None,
+        "S3 key of the recording rules YAML; reloaded when it changes (conditional GET on its ETag).",
+        "rules",
+    ),
+    Setting(
+        "RULES_CHECK_INTERVAL",
+        parse_duration,
+        "60s",
+        "How often a warm container checks whether the rules file changed.",
+        "rules",
+    ),
+    # --- Filters and extra tags (filters.py) ---------------------------------------------------
+    *(
+        Setting(
+            f"FILTER_{verb.upper()}_{what.upper()}",
+            parse_regex,
+            None,
+            f"{'Write only' if verb == 'include' else 'Drop'} the points whose {noun} matches this "
+            "regular expression (whole name)"
+            + ("." if verb == "include" else "; counted as dropped `filtered`."),
+            "filters",
+        )
+        for what, noun in (
+            ("measurements", "measurement"),
+            ("orgs", "org name"),
+            ("spaces", "space name"),
+            ("apps", "app name"),
+        )
+        for verb in ("include", "exclude")
+    ),
+    Setting(
+        "EXTRA_TAGS",
+        parse_extra_tags,
+        None,
+        "Static tags added to every point, e.g. `foundation=eu-prod,region=eu` (values without commas).",
+        "filters",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -315,6 +419,18 @@ class InfluxConfig:
     batch_size: int = 5000
     timeout: float = 10.0
     gzip: bool = True
+    verify_tls: bool = True
+    max_retry_wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    url: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+    bearer_token: str = field(default="", repr=False)
+    batch_size: int = 2000
+    timeout: float = 10.0
     verify_tls: bool = True
     max_retry_wait: float = 30.0
 
@@ -351,6 +467,12 @@ class Config:
     refresh_force: bool = False
     max_record_age: float = 0.0
     report_batch_item_failures: bool = False
+    prometheus: PrometheusConfig | None = None
+    rules_file: str | None = None
+    rules_bucket: str | None = None
+    rules_key: str | None = None
+    rules_check_interval: float = 60.0
+    point_filter: PointFilter | None = None  # filters and extra tags; None: none configured
 
 
 SecretResolver = Callable[[str, str, str], str]
@@ -451,6 +573,9 @@ def load_config(
                 bucket=values["INFLUX_BUCKET"] or "",
                 **common,
             )
+    prometheus = _prometheus(env, values, resolver, problems) if role == "enricher" else None
+    point_filter = _point_filter(values)
+    _check_rules(values, problems)
     if values["METADATA_FILE"] and not os.path.isfile(values["METADATA_FILE"]):
         problems.append(f"METADATA_FILE: {values['METADATA_FILE']!r} is not a readable file")
     if role == "refresh" and not values["METADATA_BUCKET"]:
@@ -480,7 +605,59 @@ def load_config(
         refresh_force=values["REFRESH_FORCE"],
         max_record_age=values["MAX_RECORD_AGE_SECONDS"],
         report_batch_item_failures=values["REPORT_BATCH_ITEM_FAILURES"],
+        prometheus=prometheus,
+        rules_file=values["RULES_FILE"] if role == "enricher" else None,
+        rules_bucket=values["RULES_BUCKET"] or values["METADATA_BUCKET"],
+        rules_key=values["RULES_KEY"] if role == "enricher" else None,
+        rules_check_interval=values["RULES_CHECK_INTERVAL"],
+        point_filter=point_filter if role == "enricher" else None,
     )
+
+
+def _prometheus(
+    env: Mapping[str, str], values: dict[str, Any], resolver: SecretResolver, problems: list[str]
+) -> PrometheusConfig | None:
+    """The remote-write sink's settings: basic auth or a bearer token (or neither), never both."""
+    if not values["PROM_REMOTE_WRITE_URL"]:
+        return None
+    username = values["PROM_USERNAME"] or ""
+    password = _read_secret(env, "PROM_PASSWORD", resolver, problems)
+    token = _read_secret(env, "PROM_BEARER_TOKEN", resolver, problems)
+    if token and (username or password):
+        problems.append("PROM_BEARER_TOKEN: give a bearer token or PROM_USERNAME/PROM_PASSWORD, not both")
+    if password and not username:
+        problems.append("PROM_USERNAME: required with PROM_PASSWORD (basic auth)")
+    return PrometheusConfig(
+        url=values["PROM_REMOTE_WRITE_URL"],
+        username=username,
+        password=password,
+        bearer_token=token,
+        batch_size=values["PROM_BATCH_SIZE"] or 2000,
+        timeout=values["PROM_TIMEOUT"] or 10.0,
+        verify_tls=values["PROM_VERIFY_TLS"] if values["PROM_VERIFY_TLS"] is not None else True,
+        max_retry_wait=values["PROM_MAX_RETRY_WAIT"] or 30.0,
+    )
+
+
+def _point_filter(values: dict[str, Any]) -> PointFilter | None:
+    point_filter = PointFilter(
+        **{
+            f"{verb}_{what}": values[f"FILTER_{verb.upper()}_{what.upper()}"]
+            for what in ("measurements", "orgs", "spaces", "apps")
+            for verb in ("include", "exclude")
+        },
+        extra_tags=values["EXTRA_TAGS"] or (),
+    )
+    return point_filter if point_filter.active else None
+
+
+def _check_rules(values: dict[str, Any], problems: list[str]) -> None:
+    if values["RULES_FILE"] and values["RULES_KEY"]:
+        problems.append("RULES_FILE: give RULES_FILE or RULES_KEY, not both")
+    elif values["RULES_FILE"] and not os.path.isfile(values["RULES_FILE"]):
+        problems.append(f"RULES_FILE: {values['RULES_FILE']!r} is not a readable file")
+    elif values["RULES_KEY"] and not (values["RULES_BUCKET"] or values["METADATA_BUCKET"]):
+        problems.append("RULES_BUCKET: required with RULES_KEY (or METADATA_BUCKET)")
 
 
 def _cloud_controller(

@@ -12,13 +12,25 @@ from typing import TYPE_CHECKING, Any
 from .config import CloudControllerConfig, Config, load_config
 from .kafka_event import describe
 from .metadata.store import FileSnapshotSource, MetadataStore, S3SnapshotSource
-from .observability import emit_batch_metrics, make_logger, make_metrics
+from .observability import (
+    batch_lag_ms,
+    emit_batch_metrics,
+    emit_failure_metric,
+    error_fields,
+    make_logger,
+    make_metrics,
+    partition_ranges,
+    snapshot_age_s,
+    warn_if_tls_unverified,
+)
 from .pipeline import process_batch
 from .quarantine import Quarantine, QuarantineError
 from .sinks import Deadline, FlushError, Sink, build_sink
+from .tracing import trace_handler
 
 if TYPE_CHECKING:
     from .metadata.cc_client import CloudControllerClient
+    from .point_stage import PointStage
 
 logger = make_logger()
 metrics = make_metrics()
@@ -30,6 +42,7 @@ class Runtime:
     store: MetadataStore
     sink: Sink
     quarantine: Quarantine
+    stage: PointStage | None = None  # filters, extra tags, recording rules; None: none configured
 
 
 _runtime: Runtime | None = None
@@ -54,9 +67,28 @@ def build_runtime(config: Config, sink: Sink | None = None) -> Runtime:
     return Runtime(
         config=config,
         store=store,
-        sink=sink if sink is not None else build_sink(config.influx),
+        sink=sink if sink is not None else build_sink(config.influx, config.prometheus),
         quarantine=Quarantine(config.quarantine_bucket, config.quarantine_prefix, config.quarantine_dir),
+        stage=point_stage(config),
     )
+
+
+def point_stage(config: Config) -> PointStage | None:
+    """Filters, extra tags and recording rules, when any is configured (imported only then)."""
+    if config.point_filter is None and not config.rules_file and not config.rules_key:
+        return None
+    from .point_stage import PointStage
+    from .rules.loader import RuleBook
+
+    rule_book = None
+    if config.rules_file or config.rules_key:
+        source = (
+            FileSnapshotSource(config.rules_file)
+            if config.rules_file
+            else S3SnapshotSource(config.rules_bucket or "", config.rules_key or "")
+        )
+        rule_book = RuleBook(source, check_interval=config.rules_check_interval)
+    return PointStage(config.point_filter, rule_book)
 
 
 def cloud_controller_client(cf: CloudControllerConfig) -> CloudControllerClient:
@@ -79,7 +111,9 @@ def runtime() -> Runtime:
     """The container's state, built on first use; a configuration error names every bad setting."""
     global _runtime
     if _runtime is None:
-        _runtime = build_runtime(load_config())
+        config = load_config()
+        warn_if_tls_unverified(logger, config)
+        _runtime = build_runtime(config)
     return _runtime
 
 
@@ -92,6 +126,7 @@ def reset_runtime(new: Runtime | None = None) -> None:
 
 
 @metrics.log_metrics
+@trace_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         rt = runtime()
@@ -107,14 +142,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             deadline,
             max_record_age=rt.config.max_record_age or None,
             partial_failures=rt.config.report_batch_item_failures,
+            stage=rt.stage,
         )
     except (FlushError, QuarantineError) as exc:
-        metrics.add_metric(name="BatchFailures", unit="Count", value=1)
-        logger.error("batch failed; the event source mapping will retry it", extra={"error": str(exc)})
+        emit_failure_metric(metrics, "BatchFailures")
+        logger.error(
+            "batch failed; the event source mapping will retry it",
+            extra={**error_fields(exc), **_failed_batch(event)},
+        )
         raise
     except Exception as exc:
-        metrics.add_metric(name="BatchFailures", unit="Count", value=1)
-        logger.exception("batch failed unexpectedly", extra={"error": f"{type(exc).__name__}: {exc}"})
+        emit_failure_metric(metrics, "BatchFailures")
+        logger.exception("batch failed unexpectedly", extra={**error_fields(exc), **_failed_batch(event)})
         raise
     summary = result.summary()
     summary["event_source"] = info.source
@@ -122,8 +161,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     summary["snapshot_failures"] = rt.store.stats.failures - failures_before
     if summary["snapshot_failures"]:
         summary["snapshot_error"] = rt.store.stats.last_error
+    summary["sink"] = rt.sink.name
+    summary["batch_lag_ms"] = batch_lag_ms(event)
+    snapshot = rt.store.snapshot
+    summary["snapshot_age_s"] = snapshot_age_s(snapshot.generated_at if snapshot is not None else None)
     if result.batch_item_failures:
-        metrics.add_metric(name="BatchPartialFailures", unit="Count", value=1)
+        emit_failure_metric(metrics, "BatchPartialFailures")
         logger.error(
             "flush failed part-way; reporting the first unacknowledged offset per partition",
             extra={"summary": summary},
@@ -132,3 +175,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info("batch done", extra={"summary": summary})
     emit_batch_metrics(metrics, summary)
     return {"batchItemFailures": result.batch_item_failures, "summary": summary}
+
+
+def _failed_batch(event: Any) -> dict[str, Any]:
+    """What the error line says about the batch that failed: its partitions, offsets and lag."""
+    if not isinstance(event, dict):
+        return {}
+    return {"partitions": partition_ranges(event), "batch_lag_ms": batch_lag_ms(event)}

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +43,9 @@ from .metadata.store import (
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
+
+if TYPE_CHECKING:
+    from .point_stage import PointStage
 
 MISS_DETAILS = {
     METADATA_UNAVAILABLE: "no metadata snapshot could be loaded and no live lookup is configured",
@@ -68,6 +71,7 @@ class BatchResult:
     batch_item_failures: list[dict[str, Any]] = field(default_factory=list)
     flush_error: str | None = None
     redelivered: int = 0
+    rules: dict[str, Any] = field(default_factory=dict)  # recording rules' counts (when configured)
 
     @property
     def balanced(self) -> bool:
@@ -96,11 +100,13 @@ class BatchResult:
             "sink_bytes": sink.bytes,
             "sink_retries": sink.retries,
             "sink_splits": sink.splits,
+            **({"sink_skipped_fields": sink.skipped_fields} if sink.skipped_fields else {}),
             "batch_item_failures": self.batch_item_failures,
             "redelivered": self.redelivered,
             "flush_error": self.flush_error,
             "sink_seconds": round(sink.seconds, 4),
             "seconds": round(self.seconds, 4),
+            **({"rules": self.rules} if self.rules else {}),
         }
 
 
@@ -119,6 +125,7 @@ class Transformed:
     origins: list[Origin] = field(default_factory=list)
     more_origins: dict[int, list[Origin]] = field(default_factory=dict)
     collided: set[int] = field(default_factory=set)  # lines whose timestamp another line also had
+    whole_batch_only: bool = False  # set by recording rules: no partial batch response may split it
 
     def origins_of(self, index: int) -> list[Origin]:
         """The records whose point is ``lines[index]`` (several when identical records repeat)."""
@@ -254,18 +261,23 @@ def process_batch(
     max_record_age: float | None = None,
     partial_failures: bool = False,
     now: Callable[[], float] = time.time,
+    stage: PointStage | None = None,
 ) -> BatchResult:
     """The whole batch: transform, flush the points, quarantine what cannot be processed."""
     started = time.monotonic()
     store.begin_invocation()
+    if stage is not None:  # filters, extra tags, recording rules (point_stage.py)
+        stage.begin_invocation()
     oldest = (now() - max_record_age) * 1000.0 if max_record_age else None
     done = transform_batch(event, store, oldest)
+    if stage is not None:
+        stage.apply(done)
     result = done.result
     bad = done.quarantine
     try:
         result.sink = sink.write(done.lines, deadline)
     except FlushError as exc:
-        if not partial_failures or _splits_a_collision(done, exc.acknowledged):
+        if not partial_failures or done.whole_batch_only or _splits_a_collision(done, exc.acknowledged):
             # Without partial responses the whole batch is retried. So it is when the failure falls
             # inside a group of points told apart by moving timestamps: a retry of only part of the
             # group could not reproduce the same moves, and one point would overwrite another.
@@ -280,7 +292,10 @@ def process_batch(
         # now, and count it as redelivered rather than as written, dropped or quarantined.
         _quarantine_rejected(done, exc.report.rejected if exc.report else [], bad, result)
         bad = [q for q in bad if not _redelivered(q, failed)]
-        again = transform_batch(_records_from(event, failed), store, oldest).result
+        again_done = transform_batch(_records_from(event, failed), store, oldest)
+        if stage is not None:
+            stage.apply(again_done)
+        again = again_done.result
         result.redelivered = again.records_in
         result.written -= again.written
         result.dropped.subtract(again.dropped)
@@ -303,9 +318,13 @@ def _quarantine_rejected(
     done: Transformed, rejected: list[tuple[int, str]], bad: list[QuarantinedRecord], result: BatchResult
 ) -> None:
     """Lines the server refused for good: their records go to the quarantine with its message."""
+    seen: set[int] = set()  # a record in several refused points (a rule's aggregate) counts once
     for index, message in rejected:
         result.points -= 1
         for key, record in done.origins_of(index):
+            if id(record) in seen:
+                continue
+            seen.add(id(record))
             bad.append(QuarantinedRecord(key, record, REJECTED, message))
             result.written -= 1
             result.quarantined[REJECTED] += 1

@@ -175,7 +175,9 @@ def replay(url: str, *, client: Any = None, timeout: float = 600.0) -> ReplayRep
             all_records.extend(content)
         for event in to_events(all_records):
             deadline = Deadline(lambda: int(timeout * 1000), reserve=0.0)
-            result = process_batch(event, runtime.store, runtime.sink, replay_quarantine, deadline)
+            result = process_batch(
+                event, runtime.store, runtime.sink, replay_quarantine, deadline, stage=runtime.stage
+            )
             report.records += result.records_in
             report.written += result.written
             report.dropped.update(result.dropped)

@@ -1,4 +1,4 @@
-"""Where points go: InfluxDB v1 or v2, or (no INFLUX_URL) a printer for dry runs."""
+"""Where points go: InfluxDB v1 or v2 and/or Prometheus remote write, or a printer for dry runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from ..config import InfluxConfig
+from ..config import InfluxConfig, PrometheusConfig
 from .base import Deadline, FlushError, Sink, WriteReport
 
 __all__ = ["Deadline", "FlushError", "PrintSink", "Sink", "WriteReport", "build_sink"]
@@ -29,7 +29,21 @@ class PrintSink(Sink):
         return WriteReport(lines=len(lines), chunks=1 if lines else 0)
 
 
-def build_sink(influx: InfluxConfig | None) -> Sink:
+def build_sink(influx: InfluxConfig | None, prometheus: PrometheusConfig | None = None) -> Sink:
+    """The configured sink; with both InfluxDB and remote write, one that writes to both."""
+    if prometheus is None:
+        return build_influx_sink(influx)
+    from .prometheus_rw import PrometheusRemoteWriteSink
+
+    remote_write = PrometheusRemoteWriteSink(prometheus)
+    if influx is None:
+        return remote_write
+    from .fanout import FanoutSink
+
+    return FanoutSink([build_influx_sink(influx), remote_write])
+
+
+def build_influx_sink(influx: InfluxConfig | None) -> Sink:
     if influx is None:
         return PrintSink()
     if influx.api == "v1":

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..tracing import traced
+
 
 class SinkError(Exception):
     """Base of the errors a sink's ``post`` raises."""
@@ -103,6 +105,7 @@ class WriteReport:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    skipped_fields: int = 0  # fields the sink cannot carry (remote write: strings)
 
 
 def chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -135,6 +138,11 @@ class Sink:
     def close(self) -> None:
         """Release connections (the sink is otherwise kept for the container's life)."""
 
+    def encode(self, lines: Sequence[str], first: int) -> bytes:
+        """The request body of a chunk (``first``: its first line's index in the batch)."""
+        return ("\n".join(lines) + "\n").encode()
+
+    @traced("## sink write")
     def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
         report = WriteReport(lines=len(lines))
         started = time.monotonic()
@@ -152,7 +160,7 @@ class Sink:
         return report
 
     def _write_chunk(self, lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport) -> None:
-        body = ("\n".join(lines) + "\n").encode()
+        body = self.encode(lines, first)
         try:
             self._post_with_retries(body, deadline, report)
             report.bytes += len(body)
@@ -202,5 +210,5 @@ class Sink:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_retry_wait)
-        ceiling = min(self.max_retry_wait, self.base_delay * 2 ** (attempt - 1))
+        ceiling = min(self.max_retry_wait, self.base_delay * 2 ** min(attempt - 1, 30))  # no float overflow
         return random.uniform(ceiling / 2, ceiling)

@@ -1,0 +1,114 @@
+"""Between the transform and the sink: filters, extra tags and recording rules.
+
+The walk is ``transform -> filters / extra tags -> recording rules -> sink``. Each step rewrites
+the batch's :class:`~refinery.pipeline.Transformed` (its lines and, for each line, the records it
+came from), keeping the accounting ``records_in = written + dropped + quarantined`` exact:
+
+* a point removed by a filter: its records are **dropped** (reason ``filtered``);
+* a point consumed by a ``keep_raw: false`` rule: its records now belong to the aggregate(s) they
+  went into, so they count as **written** when the aggregate is acknowledged, and are quarantined
+  (``rejected_by_server``) if the server refuses it, like the records of any refused point;
+* an aggregate is a new point whose records are every record that went into it.
+
+Built only when something is configured (``enricher.build_runtime``); otherwise the pipeline does
+no per-point work at all and its output is byte-identical.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .filters import PointFilter
+from .lineparse import series_end
+from .rules.aggregate import aggregate
+from .rules.loader import RuleBook
+from .rules.model import RuleSet
+
+if TYPE_CHECKING:
+    from .pipeline import Transformed
+
+FILTERED = "filtered"
+_UNSEEN = object()
+
+
+class PointStage:
+    def __init__(self, point_filter: PointFilter | None = None, rule_book: RuleBook | None = None):
+        self.point_filter = point_filter if point_filter is not None and point_filter.active else None
+        self.rule_book = rule_book
+        self.extra_tags = dict(point_filter.extra_tags) if point_filter is not None else {}
+        self._rules: RuleSet | None = None
+        self._reload_error: str | None = None
+
+    def begin_invocation(self) -> None:
+        """Load the rules (first use: raises what is wrong with them) or re-check them if due."""
+        self._reload_error = None
+        if self.rule_book is not None:
+            failures = self.rule_book.stats.failures
+            self._rules = self.rule_book.refresh_if_due()
+            if self.rule_book.stats.failures > failures:  # a changed file that is bad: old rules kept
+                self._reload_error = self.rule_book.stats.last_error
+
+    def apply(self, done: Transformed) -> None:
+        if self.point_filter is not None:
+            self._filter(done)
+        if self._rules:
+            self._aggregate(done, self._rules)
+        if self._reload_error:
+            done.result.rules["reload_error"] = self._reload_error
+        done.result.points = len(done.lines)
+
+    def _filter(self, done: Transformed) -> None:
+        rewrite = self.point_filter.rewrite  # type: ignore[union-attr]
+        decided: dict[str, Any] = {}
+        keep: list[int] = []
+        new_lines: list[str] = []
+        filtered = 0
+        for index, line in enumerate(done.lines):
+            end = series_end(line)
+            series = line[:end]
+            out = decided.get(series, _UNSEEN)
+            if out is _UNSEEN:
+                out = decided[series] = rewrite(series)
+            if out is None:
+                filtered += 1 + len(done.more_origins.get(index, ()))
+                continue
+            keep.append(index)
+            new_lines.append(line if out == series else out + line[end:])
+        if filtered:
+            done.result.dropped[FILTERED] += filtered
+            done.result.written -= filtered
+        _reindex(done, keep, new_lines)
+
+    def _aggregate(self, done: Transformed, rules: RuleSet) -> None:
+        found = aggregate(done.lines, done.origins_of, rules, self.extra_tags)
+        stats: dict[str, Any] = {"aggregates": len(found.lines), "points_consumed": found.consumed}
+        if found.drop:
+            keep = [i for i in range(len(done.lines)) if i not in found.drop]
+            _reindex(done, keep, [done.lines[i] for i in keep])
+            stats["raw_points_dropped"] = len(found.drop)
+        if found.unreadable:
+            stats["unreadable_points"] = found.unreadable
+        for line, origins in zip(found.lines, found.origins, strict=True):
+            index = len(done.lines)
+            done.lines.append(line)
+            done.origins.append(origins[0])
+            if len(origins) > 1:
+                done.more_origins[index] = origins[1:]
+        if found.lines:
+            # A partial batch response could restart a partition inside an aggregate: fail it whole.
+            done.whole_batch_only = True
+        done.result.rules = stats
+
+
+def _reindex(done: Transformed, keep: list[int], new_lines: list[str]) -> None:
+    """Keep the lines at ``keep`` (now ``new_lines``), with their records and collision marks."""
+    if len(keep) == len(done.lines):  # nothing removed: only the lines may have changed
+        done.lines = new_lines
+        return
+    origins = done.origins
+    more = done.more_origins
+    collided = done.collided
+    done.origins = [origins[i] for i in keep]
+    done.more_origins = {j: more[i] for j, i in enumerate(keep) if i in more}
+    done.collided = {j for j, i in enumerate(keep) if i in collided}
+    done.lines = new_lines

@@ -1,0 +1,187 @@
+"""Recording rules, filters and extra tags through the real handler into a real InfluxDB 1.x.
+
+The seed's worked example, restated with CF events: six inputs, one of another type (a log, not
+an HTTP request), one of another app (filtered by tag), two summed into one series: three series.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from cfworld import API_EU, MS, WORKER_AP, WORKER_EU, WORKER_US, S, kafka_event, put_snapshot
+
+from refinery import enricher
+from refinery.devtools.envelopes import http_envelope, log_envelope
+from refinery.rules.loader import RulesError
+
+T0 = 1_700_000_040 * S  # a minute boundary
+RULES = """
+rules:
+  - name: bytes_batch_workers
+    source: http_request
+    filter: ['app = "worker"', 'space = "batch"']
+    keep: [org]
+    field: response_size
+    aggregation: sum
+    window: 60s
+"""
+
+
+def worked_example(start: int = T0) -> list[bytes]:
+    return [
+        log_envelope(WORKER_EU.guid, start, message=b"x" * 10),  # another type
+        http_envelope(WORKER_EU.guid, start + 1 * S, size=20),
+        http_envelope(API_EU.guid, start + 2 * S, size=1),  # another app: filtered by tag
+        http_envelope(WORKER_AP.guid, start + 3 * S, size=30),
+        http_envelope(WORKER_US.guid, start + 4 * S, size=40),
+        http_envelope(WORKER_EU.guid, start + 5 * S, size=100),  # summed with the second
+    ]
+
+
+@pytest.fixture
+def rules_env(monkeypatch, snapshot_bucket, influxdb1, influx_db, tmp_path):
+    put_snapshot(snapshot_bucket)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    monkeypatch.setenv("INFLUX_URL", influxdb1.url)
+    monkeypatch.setenv("INFLUX_DATABASE", influx_db)
+    monkeypatch.setenv("RULES_FILE", str(rules))
+    return rules
+
+
+def aggregates(influxdb1, db: str) -> list[tuple[dict, dict, int]]:
+    return [(p["tags"], p["fields"], p["time"]) for p in influxdb1.points(db, "bytes_batch_workers")]
+
+
+def window_totals(influxdb1, db: str, start: int = T0) -> dict[str, float]:
+    """How the README says to query an aggregate: sum every partial point of the window."""
+    body = influxdb1.query(
+        db,
+        f'SELECT sum("sum") FROM "bytes_batch_workers" WHERE time >= {start} AND time < {start + 60 * S}'
+        ' GROUP BY time(60s), "org"',
+    )
+    return {
+        series["tags"]["org"]: series["values"][0][1]
+        for series in body["results"][0].get("series", [])
+        if series["values"][0][1] is not None
+    }
+
+
+def test_the_worked_example_writes_three_series_and_a_retry_leaves_them(
+    rules_env, influxdb1, influx_db, invoke
+) -> None:
+    event = kafka_event({0: (0, worked_example())})
+    result = invoke(event)
+    summary = result["summary"]
+    assert (summary["records_in"], summary["written"], summary["dropped"], summary["quarantined"]) == (
+        6,
+        6,
+        0,
+        0,
+    )
+    assert summary["rules"] == {"aggregates": 3, "points_consumed": 4}
+    common = {"app": "worker", "space": "batch", "partition": "cf-firehose-0"}
+    expected = [
+        ({**common, "org": "eu"}, {"sum": 120}, T0 + 1 * MS),
+        ({**common, "org": "ap"}, {"sum": 30}, T0 + 3 * MS),
+        ({**common, "org": "us"}, {"sum": 40}, T0 + 4 * MS),
+    ]
+    assert aggregates(influxdb1, influx_db) == expected
+    assert influxdb1.count(influx_db, "http_request") == 5 and influxdb1.count(influx_db, "log") == 1
+
+    invoke(event)  # the event source mapping retries the batch
+    assert aggregates(influxdb1, influx_db) == expected
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
+
+
+def test_partitions_and_consecutive_batches_keep_their_own_aggregates(
+    rules_env, influxdb1, influx_db, invoke
+) -> None:
+    values = worked_example()
+    # The same six records arriving on two partitions, both starting at offset 0.
+    invoke(kafka_event({0: (0, values[:3]), 1: (0, values[3:])}))
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
+    eu = [
+        (tags["partition"], fields["sum"])
+        for tags, fields, _ in aggregates(influxdb1, influx_db)
+        if tags["org"] == "eu"
+    ]
+    assert sorted(eu) == [("cf-firehose-0", 20), ("cf-firehose-1", 100)]  # eu's records were on both
+
+    # A later batch of partition 0 in the same window adds its own partial aggregate.
+    invoke(kafka_event({0: (3, [http_envelope(WORKER_EU.guid, T0 + 30 * S, size=5)])}))
+    assert window_totals(influxdb1, influx_db) == {"eu": 125, "ap": 30, "us": 40}
+    assert len(aggregates(influxdb1, influx_db)) == 5
+
+
+def test_a_failed_batch_retried_in_halves_gives_the_same_totals(
+    rules_env, influxdb1, influx_db, invoke
+) -> None:
+    values = worked_example()
+    invoke(kafka_event({0: (0, values)}))  # say its response was lost: Lambda retries it bisected
+    invoke(kafka_event({0: (0, values[:3])}))
+    invoke(kafka_event({0: (3, values[3:])}))
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
+
+
+def test_keep_raw_false_writes_only_the_aggregates(rules_env, influxdb1, influx_db, invoke) -> None:
+    rules_env.write_text(RULES + "    keep_raw: false\n")
+    result = invoke(kafka_event({0: (0, worked_example())}))
+    assert result["summary"]["written"] == 6 and result["summary"]["points"] == 5
+    assert [p["tags"]["app"] for p in influxdb1.points(influx_db, "http_request")] == ["api"]
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
+
+
+def test_filters_and_extra_tags(rules_env, monkeypatch, influxdb1, influx_db, invoke) -> None:
+    monkeypatch.setenv("FILTER_EXCLUDE_APPS", "api|test-.*")
+    monkeypatch.setenv("FILTER_EXCLUDE_MEASUREMENTS", "log")
+    monkeypatch.setenv("EXTRA_TAGS", "foundation=eu prod,region=eu,x=a=b\\c")
+    result = invoke(kafka_event({0: (0, worked_example())}))
+    summary = result["summary"]
+    assert summary["dropped_by_reason"] == {"filtered": 2}
+    assert (summary["records_in"], summary["written"], summary["dropped"]) == (6, 4, 2)
+    requests = influxdb1.points(influx_db, "http_request")
+    assert sorted(p["fields"]["response_size"] for p in requests) == [20, 30, 40, 100]
+    assert all(
+        (p["tags"]["foundation"], p["tags"]["region"], p["tags"]["x"]) == ("eu prod", "eu", "a=b\\c")
+        for p in requests
+    )
+    assert influxdb1.count(influx_db, "log") == 0
+    assert {p[0]["foundation"] for p in aggregates(influxdb1, influx_db)} == {"eu prod"}
+
+
+def test_an_invalid_rules_file_fails_at_start_naming_rule_and_field(rules_env, invoke) -> None:
+    rules_env.write_text(RULES.replace("window: 60s", "window: every minute"))
+    with pytest.raises(
+        RulesError, match='rule "bytes_batch_workers": field "window": must be a duration like 60s'
+    ):
+        invoke(kafka_event({0: (0, worked_example())}))
+
+
+def test_rules_in_s3_are_reloaded_when_they_change(
+    monkeypatch, snapshot_bucket, influxdb1, influx_db, invoke
+) -> None:
+    put_snapshot(snapshot_bucket)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=RULES.encode())
+    monkeypatch.setenv("INFLUX_URL", influxdb1.url)
+    monkeypatch.setenv("INFLUX_DATABASE", influx_db)
+    monkeypatch.setenv("RULES_KEY", "rules/rules.yaml")
+    monkeypatch.setenv("RULES_CHECK_INTERVAL", "0s")
+    monkeypatch.delenv("RULES_FILE", raising=False)
+    event = kafka_event({0: (0, worked_example())})
+    assert invoke(event)["summary"]["rules"]["aggregates"] == 3
+
+    s3.put_object(
+        Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=RULES.replace("keep: [org]", "keep: []").encode()
+    )
+    assert invoke(event)["summary"]["rules"]["aggregates"] == 1  # the same container, new rules
+
+    s3.put_object(Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=b"rules: [")
+    summary = invoke(event)["summary"]
+    assert summary["rules"]["aggregates"] == 1  # the rules in force are kept
+    assert "not valid YAML" in summary["rules"]["reload_error"]
+
+    enricher.reset_runtime()  # a new container cannot start with that file
+    with pytest.raises(RulesError, match=r"s3://.*/rules/rules\.yaml: not valid YAML"):
+        invoke(event)
