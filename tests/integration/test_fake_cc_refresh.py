@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import boto3
+import orjson
 import pytest
 import requests
 
-from refinery.devtools.fake_cc import FakeCloudController, Foundation
+from refinery.devtools.fake_cc import FakeCloudController, Foundation, _paginate, _Reply
 from refinery.metadata.cc_client import (
     CloudControllerAuthError,
     CloudControllerClient,
@@ -264,3 +266,112 @@ def test_fake_rate_limit_headers(cc: FakeCloudController) -> None:
     assert resp.headers["X-RateLimit-Remaining"] == "0" and int(resp.headers["X-RateLimit-Reset"]) > 1e9
     assert resp.json()["errors"][0]["title"] == "CF-RateLimitExceeded"
     assert requests.get(f"{cc.url}/v3/apps", headers=headers, timeout=5).status_code == 200
+
+
+def test_a_schema_1_snapshot_is_compared_then_replaced_by_schema_2(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    """The upgrade: the previous release published schema 1; the loss check reads it, the refresh
+    replaces it with schema 2."""
+    old = encode_snapshot(foundation.app_infos(), "old", NOW, schema_version=1)
+    s3.put_object(Bucket=s3_bucket, Key=KEY, Body=old)
+    for guid in list(foundation.apps)[:70]:
+        foundation.delete_app(guid)
+    with pytest.raises(SnapshotRefused, match="70 of the 120"):
+        _refresh(client, s3, s3_bucket)
+    assert _stored(s3, s3_bucket) == old
+
+    result = _refresh(client, s3, s3_bucket, force=True)
+    assert result.previous_apps == 120 and result.apps == 50
+    body = _stored(s3, s3_bucket)
+    assert orjson.loads(gzip.decompress(body))["schema_version"] == 2
+    assert dict(decode_snapshot(body).apps) == foundation.app_infos()
+
+
+def test_a_previous_snapshot_with_one_invalid_entry_is_treated_as_absent(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    doc = orjson.loads(gzip.decompress(encode_snapshot(foundation.app_infos(), "old", NOW)))
+    doc["spaces"]["org"][-1] = len(doc["orgs"]["guid"])  # an org row that does not exist
+    s3.put_object(Bucket=s3_bucket, Key=KEY, Body=gzip.compress(orjson.dumps(doc)))
+    result = _refresh(client, s3, s3_bucket)
+    assert result.previous_apps is None and "corrupt" in result.reason and "'orgs'" in result.reason
+    assert dict(decode_snapshot(_stored(s3, s3_bucket)).apps) == foundation.app_infos()
+
+
+def test_fake_list_pages_are_the_documents_built_resource_by_resource(
+    cc: FakeCloudController, foundation: Foundation
+) -> None:
+    """The fake serves app pages from serialised resources (fast); the bytes are what serialising the
+    documents built by _app/_space/_org gives, also after changes and on a new port."""
+
+    def expected(query: dict[str, str]) -> bytes:
+        paged = _paginate(cc.url, "/v3/apps", foundation.app_list(), query)
+        assert not isinstance(paged, _Reply)
+        pagination, chunk = paged
+        doc: dict = {"pagination": pagination, "resources": [cc._app(a) for a in chunk]}
+        included = cc._included_for_apps(chunk, query.get("include"))
+        if included is not None:
+            doc["included"] = included
+        return orjson.dumps(doc)
+
+    headers = {"Authorization": f"bearer {_token(cc)}"}
+    queries = [
+        {"include": "space.organization", "per_page": "50", "page": "2"},
+        {"include": "space", "per_page": "7", "page": "1"},
+        {"per_page": "5000"},
+        {"include": "space.organization", "per_page": "50", "page": "9"},  # past the end
+    ]
+
+    def check() -> None:
+        for query in queries:
+            resp = requests.get(f"{cc.url}/v3/apps", params=query, headers=headers, timeout=5)
+            assert (
+                resp.status_code == 200 and resp.headers["Content-Type"] == "application/json; charset=utf-8"
+            )
+            assert resp.content == expected(query), query
+
+    check()
+    first = foundation.app_list()[0]
+    foundation.rename_app(first.guid, "renamed")
+    foundation.rename_space(first.space_guid, "renamed-space")
+    foundation.rename_org(foundation.spaces[first.space_guid].org_guid, "renamed-org")
+    foundation.set_app_state(foundation.app_list()[1].guid, "STOPPED")
+    check()
+    assert (
+        b'"renamed-org"'
+        in requests.get(
+            f"{cc.url}/v3/apps", params=queries[0] | {"page": "1"}, headers=headers, timeout=5
+        ).content
+    )
+    cc.stop()
+    cc.start()  # a new port: every link changes
+    headers = {"Authorization": f"bearer {_token(cc)}"}
+    check()
+
+
+def test_the_refresh_runs_with_the_collector_paused_and_restores_it(
+    client: CloudControllerClient, cc: FakeCloudController, s3, s3_bucket: str
+) -> None:
+    seen: list[bool] = []
+    list_apps = client.list_apps
+
+    def spy(deadline: float | None = None):
+        seen.append(gc.isenabled())
+        return list_apps(deadline)
+
+    client.list_apps = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    _refresh(client, s3, s3_bucket)
+    assert seen == [False] and gc.isenabled()
+    cc.fail_page(2, status=500, count=10)
+    with pytest.raises(CloudControllerUnavailable):
+        _refresh(client, s3, s3_bucket)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(CloudControllerUnavailable):
+            _refresh(client, s3, s3_bucket)
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()

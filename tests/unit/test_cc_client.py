@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import time
@@ -443,3 +444,33 @@ def test_generate_is_deterministic_and_fast() -> None:
     assert elapsed < 5.0
     again = Foundation.generate(orgs=2, spaces_per_org=2, apps_per_space=2, seed=3)
     assert list(again.apps)[:4] == list(Foundation.generate(2, 2, 2, seed=3).apps)[:4]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_listing_pauses_the_collector_and_leaves_it_as_it_was(
+    cc: FakeCloudController, foundation: Foundation, enabled: bool
+) -> None:
+    """Pages are parsed with the cyclic GC paused (it would scan every new dict of a 9 MB page many
+    times); afterwards it is on again only if it was on, also when a page fails."""
+    seen: list[bool] = []
+    client = make_client(cc)
+    original = client._get_json
+
+    def spy(url: str, **kwargs):
+        doc = original(url, **kwargs)
+        seen.append(gc.isenabled())
+        return doc
+
+    client._get_json = spy  # type: ignore[method-assign]
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        apps, _ = client.list_apps()
+        assert apps == foundation.app_infos() and seen and not any(seen)
+        assert gc.isenabled() is enabled
+        cc.fail_page(2, status=500)
+        with pytest.raises(CloudControllerUnavailable):
+            make_client(cc, max_attempts=1).list_apps()
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()

@@ -325,6 +325,9 @@ class FakeCloudController:
         self._retry_after = 1
         self._retry_after_epoch = False
         self._connections: set[socket.socket] = set()
+        # Serialised resources, built once per resource version (App, Space and Org are immutable: a change
+        # replaces the object, so a stale entry is never found again). They embed self.url: reset on start.
+        self._fragments: dict[App | Space | Org, bytes] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -335,6 +338,7 @@ class FakeCloudController:
             return self
         server = _Server((self._host, 0), _Handler)
         server.fake = self
+        self._fragments = {}
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-cc", daemon=True
@@ -647,11 +651,40 @@ class FakeCloudController:
         if isinstance(paged, _Reply):
             return paged
         pagination, chunk = paged
-        doc: dict[str, Any] = {"pagination": pagination, "resources": [self._app(a) for a in chunk]}
-        included = self._included_for_apps(chunk, query.get("include"))
-        if included is not None:
-            doc["included"] = included
-        return _json_reply(200, doc)
+        # The same bytes as orjson.dumps({"pagination": …, "resources": [self._app(a) …], "included": …}),
+        # assembled from serialised resources so that a 5000-app page costs milliseconds, not 0.1 s.
+        parts = [
+            b'{"pagination":',
+            orjson.dumps(pagination),
+            b',"resources":[',
+            b",".join(map(self._fragment, chunk)),
+            b"]",
+        ]
+        include = query.get("include")
+        if include:
+            spaces, orgs = self._included_resources(chunk, include)
+            parts += [b',"included":{"spaces":[', b",".join(map(self._fragment, spaces)), b"]"]
+            if orgs is not None:
+                parts += [b',"organizations":[', b",".join(map(self._fragment, orgs)), b"]"]
+            parts.append(b"}")
+        parts.append(b"}")
+        return _Reply(200, b"".join(parts), {"Content-Type": "application/json; charset=utf-8"})
+
+    def _fragment(self, resource: App | Space | Org) -> bytes:
+        """The JSON of one resource (:meth:`_app`, :meth:`_space` or :meth:`_org`), cached."""
+        body = self._fragments.get(resource)
+        if body is None:
+            if isinstance(resource, App):
+                body = orjson.dumps(self._app(resource))
+            elif isinstance(resource, Space):
+                body = orjson.dumps(self._space(resource))
+            else:
+                body = orjson.dumps(self._org(resource))
+            known = len(self.foundation.apps) + len(self.foundation.spaces) + len(self.foundation.orgs)
+            if len(self._fragments) > 2 * known:
+                self._fragments = {}  # old versions of changed resources pile up: start again
+            self._fragments[resource] = body
+        return body
 
     def _filter_apps(self, apps: Sequence[App], query: dict[str, str]) -> Sequence[App]:
         checks: list[Callable[[App], bool]] = []
@@ -675,16 +708,21 @@ class FakeCloudController:
     def _included_for_apps(self, apps: Iterable[App], include: str | None) -> dict[str, Any] | None:
         if not include:
             return None
-        wanted = set(_csv(include))
-        space_guids = dict.fromkeys(a.space_guid for a in apps)
-        spaces = [self.foundation.spaces[g] for g in space_guids if g in self.foundation.spaces]
+        spaces, orgs = self._included_resources(apps, include)
         included: dict[str, Any] = {"spaces": [self._space(s) for s in spaces]}
-        if "space.organization" in wanted:
-            org_guids = dict.fromkeys(s.org_guid for s in spaces)
-            included["organizations"] = [
-                self._org(self.foundation.orgs[g]) for g in org_guids if g in self.foundation.orgs
-            ]
+        if orgs is not None:
+            included["organizations"] = [self._org(o) for o in orgs]
         return included
+
+    def _included_resources(self, apps: Iterable[App], include: str) -> tuple[list[Space], list[Org] | None]:
+        """The spaces of ``apps`` and, for ``include=space.organization``, their orgs (else None)."""
+        foundation = self.foundation
+        space_guids = dict.fromkeys(a.space_guid for a in apps)
+        spaces = [foundation.spaces[g] for g in space_guids if g in foundation.spaces]
+        if "space.organization" not in _csv(include):
+            return spaces, None
+        org_guids = dict.fromkeys(s.org_guid for s in spaces)
+        return spaces, [foundation.orgs[g] for g in org_guids if g in foundation.orgs]
 
     def _get_app(self, guid: str, query: dict[str, str]) -> _Reply:
         problem = _unknown_params(query, frozenset({"include"})) or _invalid_include(

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from refinery.metadata.cc_client import ListStats
-from refinery.metadata.snapshot import AppInfo, SnapshotError, decode_snapshot, encode_snapshot
+from refinery.metadata.gcpause import gc_paused
+from refinery.metadata.snapshot import AppInfo, SnapshotError, encode_snapshot, snapshot_app_guids
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class RefreshResult:
     reason: str
 
 
+@gc_paused()  # it builds ~100 000 acyclic objects several times over (see refinery.metadata.gcpause)
 def refresh_snapshot(
     client: AppLister,
     s3_client: Any,
@@ -119,8 +121,9 @@ def refresh_snapshot(
 
 def _read_previous(
     s3_client: Any, bucket: str, key: str, location: str, notes: list[str]
-) -> tuple[bool, dict[str, AppInfo] | None]:
-    """(object exists, its apps or None when absent/corrupt). A corrupt snapshot is noted, not fatal."""
+) -> tuple[bool, frozenset[str] | None]:
+    """(object exists, its app GUIDs or None when absent/corrupt). A corrupt snapshot (any invalid entry)
+    is noted, not fatal."""
     try:
         response = s3_client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -131,9 +134,9 @@ def _read_previous(
         raise
     data = response["Body"].read()
     try:
-        snapshot = decode_snapshot(data)
+        guids = snapshot_app_guids(data)
     except SnapshotError as exc:
         log.warning("previous snapshot %s is corrupt, treating it as absent: %s", location, exc)
         notes.append(f"previous snapshot was corrupt ({exc}) and was treated as absent")
         return True, None
-    return True, dict(snapshot.apps)
+    return True, guids
