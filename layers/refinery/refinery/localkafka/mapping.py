@@ -1,0 +1,399 @@
+"""A local Kafka event source mapping: poll, batch, invoke the handler in-process, commit.
+
+It behaves like Lambda's mapping for MSK / self-managed Kafka, so what works here works there:
+
+* a batch is sent when it holds ``batch_size`` records, when ``batching_window`` seconds passed since
+  its first record, or when one more record would take the event over 6 MB;
+* offsets are committed only after the handler returned; with ``batchItemFailures`` a listed
+  partition is committed up to the failed offset and delivered again from there;
+* when the handler raises (or overruns its timeout) nothing is committed and the same batch is
+  invoked again after an exponential backoff, for ever unless ``max_retries`` is set;
+* a stop request (Ctrl-C, SIGTERM) lets the in-flight invocation finish: its offsets are committed
+  only if it succeeded; a batch waiting for a retry is abandoned uncommitted. Nothing is committed
+  twice, and nothing the handler has not acknowledged is ever committed — delivery is at least once.
+
+The consumer's partitions are paused, not left unpolled, while it waits for a retry, so it stays in
+its group however long the handler keeps failing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ..devtools.lambda_context import LocalContext
+from .acks import Outcome, backoff, failed, outcome_of
+from .connect import KafkaUnavailable, describe_error, open_consumer
+from .event import MAX_EVENT_BYTES, SOURCES, Batch, partition_key, record_size
+from .stats import ConsumeStats
+
+Handler = Callable[[dict[str, Any], Any], Any]
+TP = tuple[str, int]
+POLL_QUANTUM = 0.2  # seconds: how often the loop looks at stop requests, limits and progress
+
+
+class MappingError(RuntimeError):
+    """The mapping cannot go on (a missing topic, a batch that failed more than ``max_retries``)."""
+
+
+@dataclass
+class MappingOptions:
+    bootstrap: str
+    topics: list[str]
+    group: str
+    batch_size: int = 100
+    batching_window: float = 0.5
+    source: str = SOURCES["self-managed"]
+    starting_position: str = "earliest"
+    function_name: str = "refinery-enricher"
+    function_timeout: float = 60.0
+    retry_backoff: float = 0.5
+    max_retry_wait: float = 30.0
+    max_retries: int = -1
+    max_batches: int | None = None
+    max_records: int | None = None
+    idle_exit: float | None = None
+    progress_interval: float = 5.0
+    session_timeout: float = 10.0
+    connect_timeout: float = 10.0
+
+
+class EventSourceMapping:
+    def __init__(self, options: MappingOptions, handler: Handler, *, err: TextIO | None = None):
+        self.options = options
+        self.handler = handler
+        self.err = err or sys.stderr
+        self.stats = ConsumeStats()
+        self.consumer: Any = None
+        self.subscribed = False  # past the start-up checks: there is a run to summarise
+        self._stopping = False
+        self._assigned: set[TP] = set()
+        self._revoked: set[TP] = set()
+        self._committed: dict[TP, int] = {}
+        self._pending: dict[TP, int] = {}
+        self._first_read: dict[TP, int] = {}
+        self._failures = 0  # consecutive failed or partially failed invocations
+        self._next_progress = 0.0
+
+    # -- control ------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop after the in-flight invocation (from a signal handler: only sets a flag)."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def say(self, message: str) -> None:
+        print(f"refinery consume: {message}", file=self.err, flush=True)
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def run(self) -> ConsumeStats:
+        """Consume until a limit, the idle time, or a stop request; raise MappingError or
+        KafkaUnavailable when it cannot go on (the summary is in :attr:`stats` either way)."""
+        from kafka import ConsumerRebalanceListener
+
+        mapping = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                mapping._on_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                mapping._on_assigned({(tp.topic, tp.partition) for tp in assigned})
+
+        opts = self.options
+        session_ms = int(opts.session_timeout * 1000)
+        self.consumer = open_consumer(
+            opts.bootstrap,
+            connect_timeout=opts.connect_timeout,
+            group_id=opts.group,
+            client_id=f"refinery-consume-{opts.group}",
+            enable_auto_commit=False,
+            auto_offset_reset=opts.starting_position,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(session_ms // 3, 100),
+            max_poll_interval_ms=max(300_000, int(opts.function_timeout * 2000)),
+            max_poll_records=opts.batch_size,
+        )
+        interrupted = False
+        try:
+            self._check_topics()
+            self.consumer.subscribe(opts.topics, listener=Listener())
+            self.subscribed = True
+            self.say(
+                f"consuming {', '.join(opts.topics)} from {opts.bootstrap} as group {opts.group!r}"
+                f" (batch size {opts.batch_size}, window {opts.batching_window:g} s, {opts.source})"
+            )
+            self._next_progress = time.monotonic() + opts.progress_interval
+            self._loop()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.stats.stop_reason = "interrupted: the in-flight batch was abandoned, not committed"
+        finally:
+            try:
+                if not interrupted:
+                    self._commit({})  # offsets acknowledged earlier whose commit failed
+                self.stats.lag = self._lag()
+            finally:
+                self.consumer.close(autocommit=False, timeout_ms=3000)
+        return self.stats
+
+    def _check_topics(self) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            known = set(self.consumer.topics())
+        except KafkaError as exc:
+            raise KafkaUnavailable(
+                f"cannot list the topics of {self.options.bootstrap}: {describe_error(exc)}"
+            ) from None
+        missing = [t for t in self.options.topics if t not in known]
+        if missing:
+            listing = ", ".join(sorted(known)) or "none"
+            raise MappingError(
+                f"topic {', '.join(map(repr, missing))} does not exist on {self.options.bootstrap}"
+                f" (topics there: {listing}); check --topic, or create it (refinery produce creates it)"
+            )
+
+    def _loop(self) -> None:
+        opts = self.options
+        idle_since: float | None = None
+        while not self._stopping:
+            if opts.max_batches is not None and self.stats.batches >= opts.max_batches:
+                self.stats.stop_reason = f"done: {opts.max_batches} batch(es)"
+                return
+            if opts.max_records is not None and self.stats.records >= opts.max_records:
+                self.stats.stop_reason = f"done: {self.stats.records:,} records (--max-records)"
+                return
+            batch = self._collect()
+            self._progress()
+            if batch is None:
+                if self._assigned and opts.idle_exit is not None:
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    elif now - idle_since >= opts.idle_exit:
+                        self.stats.stop_reason = f"done: no new record for {opts.idle_exit:g} s"
+                        return
+                continue
+            self._deliver(batch)
+            self.stats.mark_done()
+            idle_since = None
+        if not self.stats.stop_reason:
+            self.stats.stop_reason = "stopped on request"
+
+    # -- batching -------------------------------------------------------------------------------------
+
+    def _collect(self) -> Batch | None:
+        """Gather one batch; None when nothing arrived within a poll quantum."""
+        from kafka import TopicPartition
+
+        opts = self.options
+        limit = opts.batch_size
+        if opts.max_records is not None:  # --max-records: not one record more than asked
+            limit = max(1, min(limit, opts.max_records - self.stats.records))
+        batch = Batch()
+        started: float | None = None
+        while not self._stopping:
+            wait = POLL_QUANTUM if started is None else opts.batching_window - (time.monotonic() - started)
+            polled = self.consumer.poll(timeout_ms=max(0, int(wait * 1000)), max_records=limit - batch.count)
+            if self._revoked:
+                batch = batch.without(self._take_revoked())
+            full = False
+            for tp, records in polled.items():
+                for record in records:
+                    size = record_size(record)
+                    if full or (batch.count and batch.size + size > MAX_EVENT_BYTES):
+                        full = True
+                        self.consumer.seek(TopicPartition(tp.topic, tp.partition), record.offset)
+                        break
+                    batch.add(record, size)
+                    self._first_read.setdefault((tp.topic, tp.partition), record.offset)
+            if batch.count and started is None:
+                started = time.monotonic()
+            if full or batch.count >= limit:
+                break
+            if started is None:
+                return None
+            if time.monotonic() - started >= opts.batching_window:
+                break
+        return batch if batch.count else None
+
+    # -- one batch: invoke, commit, retry --------------------------------------------------------------
+
+    def _deliver(self, batch: Batch) -> None:
+        opts = self.options
+        self.stats.mark_active()
+        while True:
+            outcome, summary = self._invoke(batch)
+            if not outcome.failed:
+                self.stats.acknowledged(
+                    _acknowledged_records(batch, outcome), summary, whole=not outcome.redeliver
+                )
+                self._commit(outcome.commit)
+                if not outcome.redeliver:
+                    self._failures = 0
+                    return
+                # Partial batch response: what is not acknowledged comes again through polling.
+                self.stats.partial_batches += 1
+                self._seek(outcome.redeliver)
+            else:
+                self.stats.failed_invocations += 1
+            self._failures += 1
+            self.stats.last_error = outcome.reason
+            if 0 <= opts.max_retries < self._failures:
+                self._seek(batch.first_offsets() if outcome.failed else {})
+                raise MappingError(
+                    f"a batch failed {self._failures} time(s), more than --max-retries {opts.max_retries};"
+                    f" its offsets were not committed: {outcome.reason}"
+                )
+            self.stats.retries += 1
+            delay = backoff(self._failures, opts.retry_backoff, opts.max_retry_wait)
+            what = "partially failed" if outcome.partial else "failed"
+            self.say(
+                f"batch of {batch.count} record(s) {what} ({outcome.reason}); retry {self._failures}"
+                f" in {delay:.1f} s; uncommitted offsets stay uncommitted"
+            )
+            self._wait(delay)
+            if outcome.partial:
+                return
+            if self._stopping:
+                self.stats.stop_reason = (
+                    f"stopped on request; a failing batch of {batch.count} record(s) was abandoned, not "
+                    "committed (the next run delivers it again)"
+                )
+                return
+            revoked = self._take_revoked() & set(batch.records)
+            if revoked:  # another member (or a fresh assignment) reads those from the committed offset
+                batch = batch.without(revoked)
+                if not batch.count:
+                    return
+
+    def _invoke(self, batch: Batch) -> tuple[Outcome, Any]:
+        opts = self.options
+        event = batch.to_event(opts.source, opts.bootstrap)
+        context = LocalContext(function_name=opts.function_name, timeout_seconds=opts.function_timeout)
+        started = time.monotonic()
+        try:
+            result = self.handler(event, context)
+        except Exception as exc:
+            return failed(f"{type(exc).__name__}: {exc}"), None
+        took = time.monotonic() - started
+        if took > opts.function_timeout:  # Lambda would have stopped it: its answer does not count
+            return failed(f"Task timed out after {opts.function_timeout:g} s (took {took:.1f} s)"), None
+        outcome = outcome_of(batch.first_offsets(), batch.next_offsets(), result)
+        summary = result.get("summary") if isinstance(result, dict) else None
+        return outcome, summary
+
+    def _commit(self, offsets: dict[TP, int]) -> None:
+        """Commit (with any earlier failed commit) what advances; a failed commit is retried next time."""
+        from kafka import OffsetAndMetadata, TopicPartition
+        from kafka.errors import KafkaError
+
+        merged = dict(self._pending)
+        for tp, offset in offsets.items():
+            merged[tp] = max(offset, merged.get(tp, offset))
+        todo = {tp: o for tp, o in merged.items() if tp in self._assigned and o > self._committed.get(tp, -1)}
+        if not todo:
+            self._pending = {}
+            return
+        try:
+            self.consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in todo.items()}
+            )
+        except KafkaError as exc:
+            self._pending = todo
+            self.stats.commit_failures += 1
+            self.say(
+                f"commit failed ({describe_error(exc)}); retrying it with the next one (if it never"
+                " succeeds, those records are delivered again: the handler rewrites identical points)"
+            )
+            return
+        self._pending = {}
+        self._committed.update(todo)
+        for (topic, partition), offset in todo.items():
+            self.stats.committed[partition_key(topic, partition)] = offset
+
+    def _seek(self, offsets: dict[TP, int]) -> None:
+        from kafka import TopicPartition
+
+        for tp, offset in offsets.items():
+            if tp in self._assigned:
+                self.consumer.seek(TopicPartition(*tp), offset)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep while staying in the group: poll with every partition paused."""
+        from kafka import TopicPartition
+
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            assigned = list(self.consumer.assignment())
+            self.consumer.pause(*assigned)
+            try:
+                left = deadline - time.monotonic()
+                polled = self.consumer.poll(timeout_ms=max(0, int(min(left, POLL_QUANTUM) * 1000)))
+            finally:
+                self.consumer.resume(*self.consumer.paused())
+            for tp, records in polled.items():  # newly assigned while paused: read them again later
+                if records:
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition), records[0].offset)
+            self._progress()
+
+    # -- group membership ------------------------------------------------------------------------------
+
+    def _on_revoked(self, revoked: set[TP]) -> None:
+        self._assigned -= revoked
+        self._revoked |= revoked
+        for tp in revoked:
+            self._pending.pop(tp, None)
+
+    def _on_assigned(self, assigned: set[TP]) -> None:
+        new = assigned - self._assigned
+        self._assigned |= assigned
+        if new:
+            self.say("assigned " + ", ".join(partition_key(t, p) for t, p in sorted(new)))
+
+    def _take_revoked(self) -> set[TP]:
+        revoked, self._revoked = self._revoked, set()
+        return revoked
+
+    # -- progress ----------------------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        if self.options.progress_interval <= 0 or time.monotonic() < self._next_progress:
+            return
+        self._next_progress = time.monotonic() + self.options.progress_interval
+        self.stats.lag = self._lag()
+        print(self.stats.progress_line(), file=self.err, flush=True)
+
+    def _lag(self) -> int | None:
+        """Records not yet committed: per assigned partition, its high watermark less the committed
+        offset (or, before the first commit, the first offset read)."""
+        from kafka import TopicPartition
+
+        total, known = 0, False
+        for tp in self._assigned:
+            base = self._committed.get(tp, self._first_read.get(tp))
+            try:
+                high = self.consumer.highwater(TopicPartition(*tp))
+            except Exception:  # not assigned any more: no lag to report for it
+                continue
+            if high is None or base is None:
+                continue
+            total += max(0, high - base)
+            known = True
+        return total if known else None
+
+
+def _acknowledged_records(batch: Batch, outcome: Outcome) -> int:
+    count = 0
+    for tp, records in batch.records.items():
+        limit = outcome.redeliver.get(tp)
+        count += len(records) if limit is None else sum(1 for r in records if r.offset < limit)
+    return count
