@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refinery.config import ConfigError, load_config
+from refinery.devtools.collecting_sink import CollectingSink
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.samples import sample_envelopes, sample_snapshot
 from refinery.enricher import build_runtime
@@ -21,7 +21,7 @@ from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine
-from refinery.sinks import Deadline, Sink, WriteReport
+from refinery.sinks import Deadline, Sink
 
 DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,16 +29,6 @@ LOG = (
     "log,app=my\\ app,app_guid=g,instance=0,org=a\\,b,org_guid=o,space=dev\\=x,space_guid=s,type=OUT"
     " count=1i,size=93i 1537510364199999999"
 )
-
-
-class CollectingSink(Sink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
-        self.lines.extend(lines)
-        return WriteReport(lines=len(lines), chunks=1)
 
 
 def run(tmp_path, stage: PointStage | None, values=None):

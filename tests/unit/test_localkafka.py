@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -17,6 +16,7 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from refinery import cli
+from refinery.devtools.collecting_sink import CollectingSink
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.samples import sample_envelopes, sample_snapshot
 from refinery.kafka_event import describe
@@ -29,7 +29,7 @@ from refinery.localkafka.synthetic import BASE_NS, SyntheticTraffic
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch
 from refinery.quarantine import Quarantine
-from refinery.sinks import Deadline, Sink, WriteReport
+from refinery.sinks import Deadline
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "layers" / "refinery" / "refinery" / "data" / "nozzle-envelopes.jsonl"
@@ -60,16 +60,6 @@ def record(
         -1 if value is None else len(value),
         -1,
     )
-
-
-class CollectingSink(Sink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
-        self.lines.extend(lines)
-        return WriteReport(lines=len(lines), chunks=1)
 
 
 def enrich(tmp_path: Path, event: dict, snapshot: bytes) -> tuple[list[str], dict]:

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
+from refinery.devtools.collecting_sink import CollectingSink
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.samples import sample_envelopes, sample_snapshot
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch, transform_batch
 from refinery.quarantine import Quarantine, decode_records
-from refinery.sinks import Deadline, Sink, WriteReport
-
-
-class CollectingSink(Sink):
-    """Keeps what it is given: the pipeline's output, without a server (servers: tests/integration)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
-        self.lines.extend(lines)
-        return WriteReport(lines=len(lines), chunks=1)
+from refinery.sinks import Deadline
 
 
 def store_for(tmp_path, data: bytes | None = None) -> MetadataStore:

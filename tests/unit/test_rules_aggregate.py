@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refinery.devtools.collecting_sink import CollectingSink
 from refinery.devtools.envelopes import http_envelope, log_envelope
 from refinery.devtools.events import build_kafka_event
 from refinery.filters import PointFilter
@@ -61,16 +62,6 @@ def worked_example_values() -> list[bytes]:
         http_envelope(WORKER_US.guid, T0 + 4 * S, size=40),  # 5: us
         http_envelope(WORKER_EU.guid, T0 + 5 * S, size=100),  # 6: eu, summed with 2
     ]
-
-
-class CollectingSink(Sink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
-        self.lines.extend(lines)
-        return WriteReport(lines=len(lines), chunks=1)
 
 
 class RefusingSink(Sink):

@@ -239,6 +239,10 @@ class _ProcessServer(_Server):
     def _command(self) -> list[str]:
         raise NotImplementedError
 
+    def _environment(self) -> dict[str, str] | None:
+        """The server's environment (None: this process's)."""
+        return None
+
     def _launch(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -247,6 +251,7 @@ class _ProcessServer(_Server):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
+                env=self._environment(),
             )
 
     def _died(self) -> bool:

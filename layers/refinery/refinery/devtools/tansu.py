@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import time
 from importlib import resources
 from pathlib import Path
@@ -109,17 +108,8 @@ class TansuServer(_ProcessServer):
             "memory://tansu/",
         ]
 
-    def _launch(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in self._ENV_SETTINGS}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                env=env,
-            )
+    def _environment(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in self._ENV_SETTINGS}
 
     def _wait_ready(self) -> None:
         assert self.port is not None
