@@ -8,17 +8,10 @@ from typing import Any
 
 import boto3
 
-from refinery.metadata.snapshot import AppInfo, encode_snapshot
+from refinery.devtools.worked_example import APPS
+from refinery.metadata.snapshot import encode_snapshot
 
 METADATA_KEY = "metadata/apps.json.gz"
-S = 1_000_000_000
-MS = 1_000_000
-
-WORKER_EU = AppInfo("11111111-1111-4111-8111-111111111111", "worker", "s-eu", "batch", "o-eu", "eu")
-WORKER_AP = AppInfo("22222222-2222-4222-8222-222222222222", "worker", "s-ap", "batch", "o-ap", "ap")
-WORKER_US = AppInfo("33333333-3333-4333-8333-333333333333", "worker", "s-us", "batch", "o-us", "us")
-API_EU = AppInfo("44444444-4444-4444-8444-444444444444", "api", "s-eu", "batch", "o-eu", "eu")
-APPS = (WORKER_EU, WORKER_AP, WORKER_US, API_EU)
 
 
 def put_snapshot(bucket: str) -> None:

@@ -8,34 +8,19 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from cfworld import API_EU, MS, WORKER_AP, WORKER_EU, WORKER_US, S, kafka_event, put_snapshot
+from cfworld import kafka_event, put_snapshot
 
 from refinery import enricher
-from refinery.devtools.envelopes import http_envelope, log_envelope
+from refinery.devtools.envelopes import http_envelope
+from refinery.devtools.worked_example import (
+    MS,
+    RULES,
+    T0,
+    WORKER_EU,
+    S,
+    worked_example,
+)
 from refinery.rules.loader import RulesError
-
-T0 = 1_700_000_040 * S  # a minute boundary
-RULES = """
-rules:
-  - name: bytes_batch_workers
-    source: http_request
-    filter: ['app = "worker"', 'space = "batch"']
-    keep: [org]
-    field: response_size
-    aggregation: sum
-    window: 60s
-"""
-
-
-def worked_example(start: int = T0) -> list[bytes]:
-    return [
-        log_envelope(WORKER_EU.guid, start, message=b"x" * 10),  # another type
-        http_envelope(WORKER_EU.guid, start + 1 * S, size=20),
-        http_envelope(API_EU.guid, start + 2 * S, size=1),  # another app: filtered by tag
-        http_envelope(WORKER_AP.guid, start + 3 * S, size=30),
-        http_envelope(WORKER_US.guid, start + 4 * S, size=40),
-        http_envelope(WORKER_EU.guid, start + 5 * S, size=100),  # summed with the second
-    ]
 
 
 @pytest.fixture

@@ -17,9 +17,18 @@ from hypothesis import strategies as st
 from refinery.devtools.collecting_sink import CollectingSink
 from refinery.devtools.envelopes import http_envelope, log_envelope
 from refinery.devtools.events import build_kafka_event
+from refinery.devtools.worked_example import (
+    APPS,
+    MS,
+    RULES,
+    T0,
+    WORKER_EU,
+    S,
+    worked_example,
+)
 from refinery.filters import PointFilter
 from refinery.lineparse import parse_line, series_end
-from refinery.metadata.snapshot import AppInfo, encode_snapshot
+from refinery.metadata.snapshot import encode_snapshot
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch
 from refinery.point_stage import PointStage
@@ -30,38 +39,6 @@ from refinery.sinks import Deadline, FlushError, Sink, WriteReport
 from refinery.sinks.base import Misconfigured, Refused
 
 DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
-T0 = 1_700_000_040_000_000_000  # on a minute boundary
-S = 1_000_000_000
-MS = 1_000_000
-
-WORKER_EU = AppInfo("11111111-1111-4111-8111-111111111111", "worker", "s-eu", "batch", "o-eu", "eu")
-WORKER_AP = AppInfo("22222222-2222-4222-8222-222222222222", "worker", "s-ap", "batch", "o-ap", "ap")
-WORKER_US = AppInfo("33333333-3333-4333-8333-333333333333", "worker", "s-us", "batch", "o-us", "us")
-API_EU = AppInfo("44444444-4444-4444-8444-444444444444", "api", "s-eu", "batch", "o-eu", "eu")
-APPS = (WORKER_EU, WORKER_AP, WORKER_US, API_EU)
-
-WORKED_EXAMPLE_RULES = """
-rules:
-  - name: bytes_batch_workers
-    source: http_request
-    filter: ['app = "worker"', 'space = "batch"']
-    keep: [org]
-    field: response_size
-    aggregation: sum
-    window: 60s
-"""
-
-
-def worked_example_values() -> list[bytes]:
-    """The seed's six profiles, as CF events (its values become response sizes)."""
-    return [
-        log_envelope(WORKER_EU.guid, T0, message=b"x" * 10),  # 1: another type (log): not the source
-        http_envelope(WORKER_EU.guid, T0 + 1 * S, size=20),  # 2: eu
-        http_envelope(API_EU.guid, T0 + 2 * S, size=1),  # 3: app "api": filtered by tag
-        http_envelope(WORKER_AP.guid, T0 + 3 * S, size=30),  # 4: ap
-        http_envelope(WORKER_US.guid, T0 + 4 * S, size=40),  # 5: us
-        http_envelope(WORKER_EU.guid, T0 + 5 * S, size=100),  # 6: eu, summed with 2
-    ]
 
 
 class RefusingSink(Sink):
@@ -111,7 +88,7 @@ def stage_for(tmp_path: Path, rules: str, point_filter: PointFilter | None = Non
     return PointStage(point_filter, RuleBook(FileSnapshotSource(str(path))))
 
 
-def run(tmp_path, store, values, rules=WORKED_EXAMPLE_RULES, sink=None, partitions=1, **kwargs):
+def run(tmp_path, store, values, rules=RULES, sink=None, partitions=1, **kwargs):
     sink = sink if sink is not None else CollectingSink()
     quarantine = Quarantine(None, "quarantine/", directory=str(tmp_path / "q"))
     stage = kwargs.pop("stage", None) or stage_for(tmp_path, rules)
@@ -121,7 +98,7 @@ def run(tmp_path, store, values, rules=WORKED_EXAMPLE_RULES, sink=None, partitio
 
 
 def test_the_worked_example_gives_three_series(tmp_path, store) -> None:
-    result, sink = run(tmp_path, store, worked_example_values())
+    result, sink = run(tmp_path, store, worked_example())
     aggregates = [line for line in sink.lines if line.startswith("bytes_batch_workers")]
     # First offsets: eu = 1 (record 2), ap = 3, us = 4 (one partition, offsets 0..5): in the timestamp.
     assert aggregates == [
@@ -136,8 +113,8 @@ def test_the_worked_example_gives_three_series(tmp_path, store) -> None:
 
 
 def test_keep_raw_false_drops_the_consumed_points_and_keeps_the_accounting(tmp_path, store) -> None:
-    rules = WORKED_EXAMPLE_RULES + "    keep_raw: false\n"
-    result, sink = run(tmp_path, store, worked_example_values(), rules=rules)
+    rules = RULES + "    keep_raw: false\n"
+    result, sink = run(tmp_path, store, worked_example(), rules=rules)
     assert [line.split(",")[0] for line in sink.lines] == [
         "log",
         "http_request",  # the api app's request: not consumed, kept
@@ -196,8 +173,8 @@ def test_aggregates_carry_the_extra_tags_and_see_filtered_points_removed(tmp_pat
     point_filter = PointFilter(
         exclude_orgs=re.compile("us"), extra_tags=(("foundation", "eu prod"), ("region", "x"))
     )
-    stage = stage_for(tmp_path, WORKED_EXAMPLE_RULES, point_filter)
-    result, sink = run(tmp_path, store, worked_example_values(), stage=stage)
+    stage = stage_for(tmp_path, RULES, point_filter)
+    result, sink = run(tmp_path, store, worked_example(), stage=stage)
     aggregates = [line for line in sink.lines if line.startswith("bytes_batch_workers")]
     head = "bytes_batch_workers,app=worker,foundation=eu\\ prod"
     assert aggregates == [
@@ -209,7 +186,7 @@ def test_aggregates_carry_the_extra_tags_and_see_filtered_points_removed(tmp_pat
 
 def test_a_refused_aggregate_quarantines_each_of_its_records_once(tmp_path, store) -> None:
     sink = RefusingSink(r"^bytes_batch_workers.*org=eu")
-    result, _ = run(tmp_path, store, worked_example_values(), sink=sink, rules=WORKED_EXAMPLE_RULES)
+    result, _ = run(tmp_path, store, worked_example(), sink=sink, rules=RULES)
     assert result.quarantined == {"rejected_by_server": 2}  # records 2 and 6 (their raw points were written)
     assert result.written == 4 and result.balanced
     assert not any("org=eu" in line and line.startswith("bytes") for line in sink.written)
@@ -222,7 +199,7 @@ def test_a_flush_failing_part_way_fails_the_whole_batch_when_it_holds_aggregates
         run(
             tmp_path,
             store,
-            worked_example_values(),
+            worked_example(),
             sink=FailingSink(ok=1, batch_size=2),
             partial_failures=True,
         )
@@ -230,7 +207,7 @@ def test_a_flush_failing_part_way_fails_the_whole_batch_when_it_holds_aggregates
     result, _ = run(
         tmp_path,
         store,
-        worked_example_values(),
+        worked_example(),
         rules="rules: []",
         sink=FailingSink(ok=1, batch_size=2),
         partial_failures=True,
