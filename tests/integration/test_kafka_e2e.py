@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.admin import KafkaAdminClient
 
 from refinery.devtools.servers import InfluxDB1Server
 from refinery.devtools.tansu import TansuServer
@@ -258,17 +257,8 @@ def wait_for_points(
     pytest.fail(f"fewer than {at_least} points arrived:\n{consumer.log()}")
 
 
-def committed_offsets(tansu: TansuServer, group: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-
-
 def committed(tansu: TansuServer, group: str) -> int:
-    return sum(committed_offsets(tansu, group).values())
+    return sum(tansu.committed_offsets(group).values())
 
 
 def pointless_between(kinds: list[str], before: dict[int, int], after: dict[int, int]) -> bool:
@@ -347,9 +337,9 @@ def test_influxdb_stopped_mid_run_is_retried_without_commit_until_it_is_back(
         try:
             # The invocation in flight at the stop may still commit what it wrote before: let it end.
             time.sleep(2.5)
-            offsets_while_down = committed_offsets(tansu, group)
+            offsets_while_down = tansu.committed_offsets(group)
             time.sleep(2.5)
-            offsets_later = committed_offsets(tansu, group)
+            offsets_later = tansu.committed_offsets(group)
             # While InfluxDB is down nothing that makes a point is committed (records that are only
             # dropped by policy need no InfluxDB: a batch or partition made of them alone succeeds).
             assert pointless_between(workload["kinds"], offsets_while_down, offsets_later), (

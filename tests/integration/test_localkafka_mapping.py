@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
 
 from refinery import cli
 from refinery.devtools.tansu import TansuServer
@@ -40,15 +39,6 @@ def publish(tansu: TansuServer, topic: str, values: list[bytes], partitions: int
         producer.send(topic, value=value, partition=i % partitions)
     producer.flush()
     producer.close()
-
-
-def committed(tansu: TansuServer, group: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 def options(tansu: TansuServer, topic: str, group: str, **overrides: Any) -> MappingOptions:
@@ -114,7 +104,7 @@ def test_every_record_is_delivered_once_in_batches_of_the_lambda_shape(tansu: Ta
             assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
             assert all(r["timestampType"] == "CREATE_TIME" and r["headers"] == [] for r in records)
             assert all("key" not in r and r["timestamp"] > 1_600_000_000_000 for r in records)
-    assert committed(tansu, group) == {0: 15, 1: 15, 2: 15}
+    assert tansu.committed_offsets(group) == {0: 15, 1: 15, 2: 15}
     assert (stats.records, stats.batches, stats.retries) == (45, len(handler.events), 0)
     assert stats.committed == {f"{topic}-0": 15, f"{topic}-1": 15, f"{topic}-2": 15}
     assert stats.stop_reason == "done: no new record for 1 s"
@@ -139,7 +129,7 @@ def test_a_failed_batch_is_retried_unchanged_and_committed_only_after_it_succeed
 
     def script(call: int, event: dict[str, Any]) -> Any:
         if call <= 2:
-            seen_committed.append(committed(tansu, group))
+            seen_committed.append(tansu.committed_offsets(group))
             raise RuntimeError("InfluxDB is down")
         return {"batchItemFailures": []}
 
@@ -151,7 +141,7 @@ def test_a_failed_batch_is_retried_unchanged_and_committed_only_after_it_succeed
     counts = Counter(handler.deliveries())
     assert all(counts[d] == (3 if d in retried else 1) for d in counts)
     assert sorted(counts) == expected(vals, 2)
-    assert committed(tansu, group) == {0: 4, 1: 4}
+    assert tansu.committed_offsets(group) == {0: 4, 1: 4}
     assert (stats.retries, stats.failed_invocations, stats.records) == (2, 2, 8)
     assert stats.last_error == "RuntimeError: InfluxDB is down"
 
@@ -183,7 +173,7 @@ def test_a_partial_batch_response_commits_up_to_the_failed_offset_and_redelivers
     assert redelivered and acknowledged
     assert sorted(set(later) & set(first)) == redelivered  # exactly the unacknowledged part came again
     assert sorted(acknowledged + later) == expected(vals, 2)  # and nothing else twice, nothing lost
-    assert committed(tansu, group) == {0: 20, 1: 20}
+    assert tansu.committed_offsets(group) == {0: 20, 1: 20}
     assert (stats.partial_batches, stats.retries, stats.records) == (1, 1, 40)
 
 
@@ -200,7 +190,7 @@ def test_a_batch_that_keeps_failing_stops_the_mapping_after_max_retries_uncommit
     mapping = EventSourceMapping(options(tansu, topic, group, max_retries=1), handler)
     with pytest.raises(MappingError, match=r"failed 2 time\(s\), more than --max-retries 1.*still down"):
         mapping.run()
-    assert len(handler.events) == 2 and committed(tansu, group) == {}
+    assert len(handler.events) == 2 and tansu.committed_offsets(group) == {}
 
 
 def test_a_stop_during_an_invocation_commits_it_only_if_it_succeeded(tansu: TansuServer) -> None:
@@ -217,7 +207,7 @@ def test_a_stop_during_an_invocation_commits_it_only_if_it_succeeded(tansu: Tans
     holder["m"] = EventSourceMapping(options(tansu, topic, group), handler)
     stats = holder["m"].run()
     assert len(handler.events) == 1 and stats.stop_reason == "stopped on request"
-    assert committed(tansu, group) == {0: 10}
+    assert tansu.committed_offsets(group) == {0: 10}
 
     def fail(call: int, event: dict[str, Any]) -> Any:
         holder["m"].request_stop()
@@ -228,24 +218,26 @@ def test_a_stop_during_an_invocation_commits_it_only_if_it_succeeded(tansu: Tans
     stats = holder["m"].run()
     assert len(handler.events) == 1 and "abandoned, not committed" in stats.stop_reason
     assert [d[1] for d in handler.deliveries()] == list(range(10, 20))  # it went on from the commit
-    assert committed(tansu, group) == {0: 10}
+    assert tansu.committed_offsets(group) == {0: 10}
 
     def interrupt(call: int, event: dict[str, Any]) -> Any:
         raise KeyboardInterrupt  # a second Ctrl-C in the middle of the handler
 
     handler = Recorder(interrupt)
     stats = EventSourceMapping(options(tansu, topic, group), handler).run()
-    assert stats.stop_reason.startswith("interrupted") and committed(tansu, group) == {0: 10}
+    assert stats.stop_reason.startswith("interrupted") and tansu.committed_offsets(group) == {0: 10}
 
     handler = Recorder()  # a new run delivers what was not committed, once
     stats = EventSourceMapping(options(tansu, topic, group, max_batches=1), handler).run()
     assert [d[1] for d in handler.deliveries()] == list(range(10, 20))
-    assert stats.stop_reason == "done: 1 batch(es)" and committed(tansu, group) == {0: 20}
+    assert stats.stop_reason == "done: 1 batch(es)" and tansu.committed_offsets(group) == {0: 20}
 
     handler = Recorder()
     stats = EventSourceMapping(options(tansu, topic, group, max_records=5), handler).run()
     assert [d[1] for d in handler.deliveries()] == list(range(20, 25))
-    assert stats.stop_reason == "done: 5 records (--max-records)" and committed(tansu, group) == {0: 25}
+    assert stats.stop_reason == "done: 5 records (--max-records)" and tansu.committed_offsets(group) == {
+        0: 25
+    }
 
 
 def test_batches_are_cut_at_the_lambda_payload_limit(tansu: TansuServer) -> None:
@@ -264,7 +256,7 @@ def test_batches_are_cut_at_the_lambda_payload_limit(tansu: TansuServer) -> None
     ).run()
     assert [v for _, _, v in handler.deliveries()] == vals
     assert len(sizes) >= 2 and max(sizes) <= MAX_EVENT_BYTES
-    assert stats.records == 6 and committed(tansu, group) == {0: 6}
+    assert stats.records == 6 and tansu.committed_offsets(group) == {0: 6}
 
 
 def test_a_missing_topic_and_an_unreachable_broker_are_named(tansu: TansuServer) -> None:

@@ -91,6 +91,17 @@ class TansuServer(_ProcessServer):
         finally:
             admin.close()
 
+    def committed_offsets(self, group: str) -> dict[int, int]:
+        """The consumer group's committed offset per partition number (none committed: absent)."""
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            offsets = admin.list_group_offsets(group).get(group, {})
+        finally:
+            admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
     def _check_available(self) -> None:
         self._exe = self._binary_override or find_tansu()
 
