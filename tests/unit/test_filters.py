@@ -141,7 +141,7 @@ def test_lines_with_any_names_parse_back_and_stay_valid(name: str, value: str, e
     rewritten = PointFilter(extra_tags=(("foundation", extra),)).rewrite(line.split(" count=")[0])
     assert rewritten is not None
     again = parse_line(rewritten + " count=1i 5")
-    assert again.tags["foundation"] == extra.rstrip("\\") and again.tags["app"] == point.tags.get("app")
+    assert again.tags["foundation"] == extra.rstrip("\\") and again.tags.get("app") == point.tags.get("app")
 
 
 def test_a_partial_failure_keeps_the_filtered_accounting(tmp_path) -> None:
