@@ -11,7 +11,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py layers/refinery/refinery/_record_fastpath.pyx
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -44,9 +44,12 @@ bench: setup servers
 	$(BIN)/refinery bench
 
 # `sam build` without containers needs the functions' runtime (python3.12) on PATH: found or installed
-# by the script, and put first on PATH for this command only.
+# by the script, and put first on PATH for this command only. The refinery layer's compiled fast path
+# is built for it with the venv's Cython; here a failure to build it is an error, not a warning.
 build: setup
-	@py312="$$(bash scripts/ensure-python312.sh)" && PATH="$$py312:$$PATH" $(BIN)/sam build
+	@py312="$$(bash scripts/ensure-python312.sh)" && PATH="$$py312:$$PATH" \
+		CYTHON="$(abspath $(BIN)/cython)" PY312="$$py312/python3.12" REFINERY_REQUIRE_FASTPATH=1 \
+		$(BIN)/sam build
 
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache refinery-quarantine

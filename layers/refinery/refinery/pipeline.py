@@ -42,6 +42,7 @@ from .metadata.store import (
 )
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
+from .speedups import convert_value
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
 
 if TYPE_CHECKING:
@@ -177,9 +178,11 @@ def transform_batch(
     """Decode, enrich and transform every record (no I/O but metadata lookups).
 
     ``origins[i]`` lists the records whose point is ``lines[i]`` (more than one for duplicates).
-    The common case decodes with a validating base64 decoder and orjson; a record that fails that is
-    decoded again with the reference decoder (:func:`~refinery.envelope.decode_value`), which names
-    the reason it is quarantined (or reads what only the standard library can, such as NaN).
+    The common record is handled by the compiled fast path when it is built
+    (:mod:`refinery.speedups`); every other record (and all of them without it) takes the reference
+    path: a validating base64 decoder and orjson, and for a record that fails that the reference
+    decoder (:func:`~refinery.envelope.decode_value`), which names the reason it is quarantined (or
+    reads what only the standard library can, such as NaN).
     """
     result = BatchResult()
     transformed = Transformed([], [], result)
@@ -191,6 +194,7 @@ def transform_batch(
     bad = transformed.quarantine
     lookup = store.lookup
     loads = orjson.loads
+    fast = convert_value
     partitions = result.partitions
     dropped = result.dropped
     first_timestamp = None
@@ -215,17 +219,20 @@ def transform_batch(
                 if type(stamp_ms) is int and stamp_ms < oldest_timestamp_ms:
                     bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
                     continue
-            try:
-                envelope = loads(b64decode(value)) if len(value) <= MAX_VALUE_CHARS else None
-            except (ValueError, TypeError):
-                envelope = None
-            try:
-                if type(envelope) is not dict:
-                    envelope = decode_value(value)  # strict: raises Poison naming the reason
-                outcome = convert(envelope, lookup)
-            except Poison as exc:
-                bad.append(QuarantinedRecord(key, record, exc.reason, exc.detail))
-                continue
+            # The compiled fast path answers for the common record; None sends it the reference way.
+            outcome = fast(value, lookup) if fast is not None else None
+            if outcome is None:
+                try:
+                    envelope = loads(b64decode(value)) if len(value) <= MAX_VALUE_CHARS else None
+                except (ValueError, TypeError):
+                    envelope = None
+                try:
+                    if type(envelope) is not dict:
+                        envelope = decode_value(value)  # strict: raises Poison naming the reason
+                    outcome = convert(envelope, lookup)
+                except Poison as exc:
+                    bad.append(QuarantinedRecord(key, record, exc.reason, exc.detail))
+                    continue
             if type(outcome) is Dropped:
                 if outcome is DROP_UNKNOWN_APP and store.last_miss is not None:
                     # Not known to be absent: metadata could not be had now. Keep it for replay.
