@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml setup.py layers/refinery/refinery/_record_fastpath.pyx
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c 'import refinery.speedups as s; print("setup: per-record fast path:", s.IMPLEMENTATION, "-", s.UNAVAILABLE_REASON or "built")'
 	@touch $(STAMP)
 
 servers:
@@ -31,16 +32,16 @@ validate: setup
 unit: setup
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: setup servers
+integration: servers setup
 	$(BIN)/python -m pytest tests/integration -q
 
-test: setup servers lint validate build
+test: servers setup lint validate build
 	$(BIN)/python -m pytest -q
 
 demo: setup
 	$(BIN)/refinery demo
 
-bench: setup servers
+bench: servers setup
 	$(BIN)/refinery bench
 
 # `sam build` without containers needs the functions' runtime (python3.12) on PATH: found or installed

@@ -9,12 +9,18 @@ missing=()
 command -v influxd >/dev/null 2>&1 || missing+=(influxd)
 command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# The compiled fast path (scripts/build-fastpath.sh) needs a C compiler and objdump.
+packages=(influxdb influxdb-client victoria-metrics prometheus)
+if ! command -v gcc >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then
+    missing+=(gcc)
+    packages+=(gcc libc6-dev binutils)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-servers: influxd, victoria-metrics and prometheus already installed"
+    echo "install-test-servers: influxd, victoria-metrics, prometheus and gcc already installed"
     exit 0
 fi
-echo "install-test-servers: missing ${missing[*]}; installing Debian packages influxdb influxdb-client victoria-metrics prometheus"
+echo "install-test-servers: missing ${missing[*]}; installing Debian packages ${packages[*]}"
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-servers: apt-get not found; install influxdb (1.x) and victoria-metrics by hand" >&2
@@ -35,12 +41,12 @@ if ! "${sudo[@]}" apt-get update; then
     exit 1
 fi
 if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends influxdb influxdb-client victoria-metrics prometheus; then
-    echo "install-test-servers: apt-get install influxdb influxdb-client victoria-metrics prometheus failed" >&2
+        apt-get install -y --no-install-recommends "${packages[@]}"; then
+    echo "install-test-servers: apt-get install ${packages[*]} failed" >&2
     exit 1
 fi
 
-for bin in influxd victoria-metrics prometheus; do
+for bin in influxd victoria-metrics prometheus gcc objdump; do
     if ! command -v "$bin" >/dev/null 2>&1; then
         echo "install-test-servers: $bin still not on PATH after installing" >&2
         exit 1

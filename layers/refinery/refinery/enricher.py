@@ -17,6 +17,7 @@ from .observability import (
     emit_batch_metrics,
     emit_failure_metric,
     error_fields,
+    log_implementation,
     make_logger,
     make_metrics,
     partition_ranges,
@@ -113,6 +114,7 @@ def runtime() -> Runtime:
     if _runtime is None:
         config = load_config()
         warn_if_tls_unverified(logger, config)
+        log_implementation(logger)
         _runtime = build_runtime(config)
     return _runtime
 

@@ -276,3 +276,16 @@ def warn_if_tls_unverified(logger: Logger, config: Any) -> None:
 def reset_tls_warnings() -> None:
     """Forget which warnings were logged: tests only."""
     _tls_warned.clear()
+
+
+def log_implementation(logger: Any) -> None:
+    """Once per container: which per-record path runs (compiled, or pure Python and why)."""
+    from . import speedups
+
+    if speedups.convert_value is not None:
+        logger.info("per-record fast path: compiled", extra={"implementation": speedups.IMPLEMENTATION})
+    else:
+        logger.warning(
+            "per-record fast path: pure Python (same output, about twice the CPU per record)",
+            extra={"implementation": speedups.IMPLEMENTATION, "reason": speedups.UNAVAILABLE_REASON},
+        )

@@ -173,7 +173,11 @@ class _Placement:
 
 
 def transform_batch(
-    event: dict[str, Any], store: MetadataStore, oldest_timestamp_ms: float | None = None
+    event: dict[str, Any],
+    store: MetadataStore,
+    oldest_timestamp_ms: float | None = None,
+    *,
+    fast_path: bool = True,
 ) -> Transformed:
     """Decode, enrich and transform every record (no I/O but metadata lookups).
 
@@ -182,7 +186,8 @@ def transform_batch(
     (:mod:`refinery.speedups`); every other record (and all of them without it) takes the reference
     path: a validating base64 decoder and orjson, and for a record that fails that the reference
     decoder (:func:`~refinery.envelope.decode_value`), which names the reason it is quarantined (or
-    reads what only the standard library can, such as NaN).
+    reads what only the standard library can, such as NaN). ``fast_path=False`` sends every record the
+    reference way (tests and the benchmark compare the two).
     """
     result = BatchResult()
     transformed = Transformed([], [], result)
@@ -194,7 +199,7 @@ def transform_batch(
     bad = transformed.quarantine
     lookup = store.lookup
     loads = orjson.loads
-    fast = convert_value
+    fast = convert_value if fast_path else None
     partitions = result.partitions
     dropped = result.dropped
     first_timestamp = None
