@@ -1013,38 +1013,58 @@ def batch_event() -> tuple[dict[str, Any], bytes]:
 def test_transform_batch_is_the_same_with_and_without_the_fast_path(
     fast: Convert, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Three ways through a batch give the same result: whole runs of records in compiled code (the
+    default), the compiled path record by record (used when MAX_RECORD_AGE_SECONDS is set), and pure
+    Python."""
+    from refinery import _record_fastpath
+
     event, snapshot = batch_event()
-    answers = Counter[bool]()
+    answers = Counter[str]()
+
+    def counting_run(batch: list[Any], index: int, *rest: Any) -> tuple[int, Any, int]:
+        after, outcome, placed = _record_fastpath.transform_run(batch, index, *rest)
+        answers["run"] += after - index + (outcome is not None)  # answered: consumed, or handed back
+        answers["run declined"] += after < len(batch) and outcome is None
+        return after, outcome, placed
 
     def counting(value: Any, lookup: Callable[[str], Any]) -> Any:
         outcome = fast(value, lookup)
-        answers[outcome is not None] += 1
+        answers["record" if outcome is not None else "record declined"] += 1
         return outcome
 
+    monkeypatch.setattr(pipeline, "transform_run", counting_run)
     monkeypatch.setattr(pipeline, "convert_value", counting)
     results = []
-    for fast_path in (True, False):
+    for oldest, fast_path in ((None, True), (0.0, True), (None, False)):  # no record is older than 0 ms
         store = bench.new_store(snapshot)
         bench.start_invocation(store)
-        results.append(pipeline.transform_batch(event, store, fast_path=fast_path))
-    compiled, pure = results
-    assert answers[True] >= 1000 and answers[False] > 0, answers
-    assert sum(answers.values()) == compiled.result.records_in
+        results.append(pipeline.transform_batch(event, store, oldest, fast_path=fast_path))
+    compiled, per_record, pure = results
+    records_in = compiled.result.records_in
+    assert answers["run"] >= 1000 and answers["run declined"] > 0, answers
+    assert answers["run"] + answers["run declined"] == records_in
+    assert answers["record"] >= 1000 and answers["record declined"] > 0, answers
+    assert answers["record"] + answers["record declined"] == records_in
 
-    assert compiled.lines == pure.lines
-    assert [(k, id(r)) for k, r in compiled.origins] == [(k, id(r)) for k, r in pure.origins]
+    for name, done in (("per-record", per_record), ("compiled runs", compiled)):
+        check_same_transformed(done, pure, name)
+
+
+def check_same_transformed(compiled: pipeline.Transformed, pure: pipeline.Transformed, name: str) -> None:
+    assert compiled.lines == pure.lines, name
+    assert [(k, id(r)) for k, r in compiled.origins] == [(k, id(r)) for k, r in pure.origins], name
     assert {i: [(k, id(r)) for k, r in o] for i, o in compiled.more_origins.items()} == {
         i: [(k, id(r)) for k, r in o] for i, o in pure.more_origins.items()
-    }
-    assert compiled.collided == pure.collided
-    assert compiled.first_timestamp == pure.first_timestamp
+    }, name
+    assert compiled.collided == pure.collided, name
+    assert compiled.first_timestamp == pure.first_timestamp, name
 
     def quarantined(done: pipeline.Transformed) -> list[tuple[Any, ...]]:
         return [(q.partition_key, q.record, q.reason, q.detail) for q in done.quarantine]
 
-    assert quarantined(compiled) == quarantined(pure)
+    assert quarantined(compiled) == quarantined(pure), name
     a, b = compiled.result, pure.result
-    for name in (
+    for field_name in (
         "records_in",
         "written",
         "points",
@@ -1054,6 +1074,6 @@ def test_transform_batch_is_the_same_with_and_without_the_fast_path(
         "timestamp_adjusted",
         "partitions",
     ):
-        assert getattr(a, name) == getattr(b, name), name
+        assert getattr(a, field_name) == getattr(b, field_name), (name, field_name)
     assert a.balanced and b.balanced
     assert a.points > 900 and a.duplicate_points >= 10 and a.quarantined and a.dropped, a.summary()

@@ -579,8 +579,9 @@ cdef bint read_float(Cursor *c, Span *span, double *out):
 
 
 cdef int scan_container(const uchar *at, const uchar *end, Container *m) except -1:
-    cdef Cursor c
+    cdef Cursor c, probe
     cdef Span key, span
+    cdef long long whole
     cdef bint first = True
     c.p = at + 1
     c.end = end
@@ -602,7 +603,15 @@ cdef int scan_container(const uchar *at, const uchar *end, Container *m) except 
             if not once(&m.seen, 2) or not read_int(&c, &span, I32_MIN, I32_MAX, &m.index):
                 return False
         elif is_key(&key, "cpuPercentage", 13):
-            if not once(&m.seen, 4) or not read_float(&c, &span, &m.cpu):
+            if not once(&m.seen, 4):
+                return False
+            # Go writes a whole value as an integer ("cpuPercentage":0); the reference takes float()
+            # of it, which rounds to nearest as this C conversion does.
+            probe = c
+            if read_int(&probe, &span, -(1LL << 63), <long long>I64_MAX, &whole):
+                c = probe
+                m.cpu = <double>whole
+            elif not read_float(&c, &span, &m.cpu):
                 return False
         elif is_key(&key, "memoryBytes", 11):
             if not once(&m.seen, 8) or not read_int(&c, &span, 0, <long long>I64_MAX, &m.memory):
@@ -749,6 +758,46 @@ cdef object container_point(Container *m, long long timestamp, object tags):
 def convert_value(value, lookup):
     """A record's base64 value -> what :func:`refinery.transform.convert` gives for it (a point or
     a ``Dropped``), or ``None``: not handled here, take the reference path."""
+    return convert_record(value, lookup)
+
+
+def transform_run(list batch not None, Py_ssize_t index, key, lookup, dict by_time not None,
+                  list lines not None, list origins not None, dropped):
+    """The records ``batch[index:]`` through the fast path, for as long as each one is a point with a
+    timestamp no other point of the batch has, or a drop by policy: placed and counted exactly as
+    :func:`refinery.pipeline.transform_batch` does (``by_time``, ``lines``, ``origins``, the
+    ``dropped`` Counter). It stops at the first record that needs the pipeline's own handling.
+
+    Returns ``(next, outcome, written)``: ``written`` points were placed; when ``next < len(batch)``,
+    ``batch[next]`` was not, and ``outcome`` is its outcome already computed here (a point whose
+    timestamp is taken, or ``DROP_UNKNOWN_APP``, which needs the store's ``last_miss``), or None
+    (not a dict, or not handled by the fast path: take the reference path).
+    """
+    cdef Py_ssize_t size = len(batch), written = 0
+    while index < size:
+        record = batch[index]
+        if type(record) is not dict:
+            return index, None, written
+        outcome = convert_record((<dict>record).get("value"), lookup)
+        if outcome is None:
+            return index, None, written
+        if type(outcome) is tuple:
+            timestamp = (<tuple>outcome)[1]
+            if timestamp in by_time:
+                return index, outcome, written
+            by_time[timestamp] = len(lines)
+            lines.append((<tuple>outcome)[0])
+            origins.append((key, record))
+            written += 1
+        elif outcome is DROP_UNKNOWN_APP:
+            return index, outcome, written
+        else:
+            dropped[(<tuple>outcome)[0]] += 1
+        index += 1
+    return index, None, written
+
+
+cdef object convert_record(value, lookup):
     if type(value) is not str or len(<str>value) > MAX_VALUE_CHARS:
         return None
     try:
