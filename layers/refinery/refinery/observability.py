@@ -33,6 +33,7 @@ Refresh function: ``RefreshApps``, ``RefreshSpaces``, ``RefreshOrgs``, ``Refresh
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sys
 import time
@@ -118,6 +119,9 @@ def protect_secret_loggers() -> None:
 # ------------------------------------------------------------------------------------ enricher
 
 
+_TIMESTAMP = operator.itemgetter("timestamp")
+
+
 def oldest_record_ms(event: Mapping[str, Any]) -> int | None:
     """The smallest Kafka ``timestamp`` (epoch ms) of the batch's records, or None."""
     oldest: int | None = None
@@ -125,9 +129,18 @@ def oldest_record_ms(event: Mapping[str, Any]) -> int | None:
     if not isinstance(records, Mapping):
         return None
     for batch in records.values():
-        if not isinstance(batch, list):
+        if not isinstance(batch, list) or not batch:
             continue
-        for record in batch:
+        try:  # the common batch, in C: every record a dict with an integer timestamp
+            low = min(map(_TIMESTAMP, batch))
+            # An int smallest of all is also the smallest of the ints (a NaN is never picked, except
+            # first, and then low is not an int): the loop below would find the same.
+            if type(low) is int:
+                oldest = low if oldest is None else min(oldest, low)
+                continue
+        except (TypeError, KeyError):
+            pass
+        for record in batch:  # anything else, record by record
             stamp = record.get("timestamp") if type(record) is dict else None
             if type(stamp) is int and (oldest is None or stamp < oldest):
                 oldest = stamp
