@@ -396,6 +396,15 @@ cdef struct Envelope:
     const uchar *container
 
 
+cdef inline bint locate_body(Cursor *c, Envelope *env, int bit, const uchar **at) noexcept nogil:
+    """A body object's start (its value checked and passed over); False if the key came before."""
+    if env.seen & bit:
+        return False
+    env.seen |= bit
+    at[0] = c.p
+    return skip_value(c)
+
+
 cdef bint scan_envelope(Cursor *c, Envelope *env) noexcept nogil:
     """The top-level object: eventType and timestamp read, the three bodies located (and checked)."""
     cdef Span key, span
@@ -423,25 +432,13 @@ cdef bint scan_envelope(Cursor *c, Envelope *env) noexcept nogil:
             elif not skip_value(c):
                 return False
         elif is_key(&key, "httpStartStop", 13):
-            if env.seen & HAS_HTTP:
-                return False
-            env.seen |= HAS_HTTP
-            env.http = c.p
-            if not skip_value(c):
+            if not locate_body(c, env, HAS_HTTP, &env.http):
                 return False
         elif is_key(&key, "logMessage", 10):
-            if env.seen & HAS_LOG:
-                return False
-            env.seen |= HAS_LOG
-            env.log = c.p
-            if not skip_value(c):
+            if not locate_body(c, env, HAS_LOG, &env.log):
                 return False
         elif is_key(&key, "containerMetric", 15):
-            if env.seen & HAS_CONTAINER:
-                return False
-            env.seen |= HAS_CONTAINER
-            env.container = c.p
-            if not skip_value(c):
+            if not locate_body(c, env, HAS_CONTAINER, &env.container):
                 return False
         elif not skip_value(c):
             return False
