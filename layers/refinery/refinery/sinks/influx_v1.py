@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-
 import requests
 
 from .. import __version__
 from ..config import InfluxConfig
 from ..retry_after import parse_retry_after
 from .base import Retryable, Sink, classify_status
+from .gzip_body import gzip_body
 
 
 class InfluxV1Sink(Sink):
@@ -42,7 +41,7 @@ class InfluxV1Sink(Sink):
 
     def post(self, body: bytes, timeout: float) -> None:
         if self.config.gzip:
-            body = gzip.compress(body, compresslevel=1)
+            body = gzip_body(body)
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE override a session-level verify=False
             response = self.session.post(
