@@ -58,6 +58,16 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if not low <= value <= high:
+            raise ValueError(f"{text!r} must be an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
 def parse_non_negative_int(text: str) -> int:
     value = int(text.strip())
     if value < 0:
@@ -157,6 +167,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("INFLUX_USERNAME", _str, "", "v1 API user name (empty: no authentication).", "influx"),
     Setting("INFLUX_PASSWORD", _str, "", "v1 API password.", "influx", secret=True),
     Setting("INFLUX_BATCH_SIZE", parse_positive_int, "5000", "Lines per write request (chunk).", "influx"),
+    Setting(
+        "INFLUX_WRITE_CONCURRENCY",
+        parse_bounded_int(1, 16),
+        "2",
+        "Chunks of one batch written at the same time (v1 API, 1 to 16); 1 writes them one by one.",
+        "influx",
+    ),
     Setting("INFLUX_TIMEOUT", parse_duration, "10s", "Timeout of one write request.", "influx"),
     Setting("INFLUX_GZIP", parse_bool, "true", "Gzip-compress write requests.", "influx"),
     Setting("INFLUX_VERIFY_TLS", parse_bool, "true", "Verify the server's TLS certificate.", "influx"),
@@ -417,6 +434,7 @@ class InfluxConfig:
     username: str = ""
     password: str = field(default="", repr=False)
     batch_size: int = 5000
+    write_concurrency: int = 2
     timeout: float = 10.0
     gzip: bool = True
     verify_tls: bool = True
@@ -539,6 +557,7 @@ def load_config(
         common = dict(
             url=values["INFLUX_URL"],
             batch_size=values["INFLUX_BATCH_SIZE"] or 5000,
+            write_concurrency=values["INFLUX_WRITE_CONCURRENCY"] or 2,
             timeout=values["INFLUX_TIMEOUT"] or 10.0,
             gzip=values["INFLUX_GZIP"] if values["INFLUX_GZIP"] is not None else True,
             verify_tls=values["INFLUX_VERIFY_TLS"] if values["INFLUX_VERIFY_TLS"] is not None else True,

@@ -1277,7 +1277,8 @@ def bench_end_to_end(
             status=_verdict(ratio <= TARGET_END_TO_END),
             how=(
                 f"`refinery.enricher.handler` on the {_count(work.records)}-record batch (warm container:"
-                " snapshot from moto S3 already loaded; INFLUX_BATCH_SIZE 5000, so 2 chunks;"
+                " snapshot from moto S3 already loaded; INFLUX_BATCH_SIZE 5000, so 2 chunks, written at"
+                " once with the default INFLUX_WRITE_CONCURRENCY=2;"
                 f" INFLUX_GZIP={str(gzip_on).lower()}) writing to a real InfluxDB 1.x on loopback, against"
                 " `transform_batch` plus one uncompressed `POST /write` of the same line protocol"
                 f" ({_mb(len(body))}) with requests; medians of {sizes.e2e_rounds} interleaved rounds, GC on;"

@@ -17,14 +17,25 @@ point written twice is the same point.
 :meth:`Sink.write` returns only when every line was acknowledged or isolated as refused; otherwise
 it raises :class:`FlushError` (with how many leading lines were acknowledged), and the handler fails
 the batch so the event source mapping retries it.
+
+With ``concurrency`` above 1 (the InfluxDB v1 sink: ``INFLUX_WRITE_CONCURRENCY``), that many chunks
+are in flight at once; the server's per-request work overlaps, which on a batch of several chunks
+saves about a third of the flush time. The outcome is the one of writing them in order: the
+acknowledged lines are the chunks before the first one that failed (a later chunk that was written
+anyway is written again with the retried batch: the same points), and the report adds up every
+chunk's. After a failure, chunks not yet started are not started; the write returns only when no
+request of it is still in flight.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from ..tracing import traced
 
@@ -124,19 +135,26 @@ class Sink:
         max_retry_wait: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         base_delay: float = 0.2,
+        concurrency: int = 1,
     ):
         self.batch_size = batch_size
         self.timeout = timeout
         self.max_retry_wait = max_retry_wait
         self.sleep = sleep
         self.base_delay = base_delay
+        self.concurrency = concurrency  # chunks in flight at once; post() must then be thread-safe
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def post(self, body: bytes, timeout: float) -> None:
         """Send one chunk; ``timeout`` bounds the request (never beyond the invocation's deadline)."""
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release connections (the sink is otherwise kept for the container's life)."""
+        """Release connections and threads (the sink is otherwise kept for the container's life)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def encode(self, lines: Sequence[str], first: int) -> bytes:
         """The request body of a chunk (``first``: its first line's index in the batch)."""
@@ -146,9 +164,18 @@ class Sink:
     def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
         report = WriteReport(lines=len(lines))
         started = time.monotonic()
+        parts = chunks(lines, self.batch_size)
+        if self.concurrency > 1 and len(parts) > 1:
+            self._write_concurrently(parts, deadline, report)
+        else:
+            self._write_in_order(parts, deadline, report)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _write_in_order(self, parts: list[Sequence[str]], deadline: Deadline, report: WriteReport) -> None:
         done = 0
         try:
-            for chunk in chunks(lines, self.batch_size):
+            for chunk in parts:
                 self._write_chunk(chunk, done, deadline, report)
                 report.chunks += 1
                 done += len(chunk)
@@ -156,8 +183,56 @@ class Sink:
             exc.acknowledged = done
             exc.report = report  # lines refused (isolated) before the failure are in report.rejected
             raise
-        report.seconds = time.monotonic() - started
-        return report
+
+    def _write_concurrently(
+        self, parts: list[Sequence[str]], deadline: Deadline, report: WriteReport
+    ) -> None:
+        firsts = list(accumulate((len(part) for part in parts[:-1]), initial=0))
+        reports = [WriteReport(lines=len(part)) for part in parts]
+        pool = self._executor()
+        futures: list[Future[None]] = [
+            pool.submit(self._write_chunk, part, first, deadline, own)
+            for part, first, own in zip(parts, firsts, reports, strict=True)
+        ]
+        failure: tuple[int, FlushError] | None = None
+        for index, future in enumerate(futures):
+            if future.cancelled():  # after a failure: never started
+                continue
+            try:
+                future.result()  # waits: nothing of this write is left in flight when it returns
+            except FlushError as exc:
+                if failure is None:
+                    failure = (index, exc)
+                    for later in futures[index + 1 :]:
+                        later.cancel()  # not started yet: not started at all
+            except BaseException:
+                for later in futures[index + 1 :]:
+                    later.cancel()
+                for later in futures[index + 1 :]:
+                    if not later.cancelled():
+                        later.exception()  # wait for it, whatever it raised
+                raise
+            else:
+                report.chunks += 1
+        for own in reports:  # in chunk order, so rejected lines stay sorted by index
+            report.bytes += own.bytes
+            report.attempts += own.attempts
+            report.retries += own.retries
+            report.splits += own.splits
+            report.skipped_fields += own.skipped_fields
+            report.errors.extend(own.errors)
+            report.rejected.extend(own.rejected)
+        if failure is not None:
+            index, exc = failure
+            exc.acknowledged = firsts[index]
+            exc.report = report
+            raise exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-write")
+            return self._pool
 
     def _write_chunk(self, lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport) -> None:
         body = self.encode(lines, first)

@@ -19,6 +19,7 @@ class InfluxV1Sink(Sink):
             batch_size=config.batch_size,
             timeout=config.timeout,
             max_retry_wait=config.max_retry_wait,
+            concurrency=config.write_concurrency,
             **kwargs,
         )  # type: ignore[arg-type]
         self.config = config
@@ -26,7 +27,11 @@ class InfluxV1Sink(Sink):
         self.params = {"db": config.database, "precision": "ns"}
         if config.retention_policy:
             self.params["rp"] = config.retention_policy
+        # One session for every write thread: its urllib3 pool is thread-safe, sized for them.
         self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, config.write_concurrency))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers.update(
             {
                 "User-Agent": f"refinery/{__version__}",
@@ -57,4 +62,5 @@ class InfluxV1Sink(Sink):
         )
 
     def close(self) -> None:
+        super().close()
         self.session.close()
