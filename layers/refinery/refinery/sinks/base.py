@@ -118,6 +118,15 @@ class WriteReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)
     skipped_fields: int = 0  # fields the sink cannot carry (remote write: strings)
 
+    def add_counts(self, other: WriteReport) -> None:
+        """Add another report's request counts and errors (not its lines, chunks, time or refusals)."""
+        self.bytes += other.bytes
+        self.attempts += other.attempts
+        self.retries += other.retries
+        self.splits += other.splits
+        self.skipped_fields += other.skipped_fields
+        self.errors.extend(other.errors)
+
 
 def chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
     return [lines[i : i + size] for i in range(0, len(lines), size)]
@@ -215,12 +224,7 @@ class Sink:
             else:
                 report.chunks += 1
         for own in reports:  # in chunk order, so rejected lines stay sorted by index
-            report.bytes += own.bytes
-            report.attempts += own.attempts
-            report.retries += own.retries
-            report.splits += own.splits
-            report.skipped_fields += own.skipped_fields
-            report.errors.extend(own.errors)
+            report.add_counts(own)
             report.rejected.extend(own.rejected)
         if failure is not None:
             index, exc = failure

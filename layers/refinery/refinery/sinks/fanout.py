@@ -53,14 +53,9 @@ def merge_reports(lines: int, reports: Sequence[WriteReport]) -> WriteReport:
     merged = WriteReport(lines=lines)
     rejected: dict[int, list[str]] = {}
     for report in reports:
+        merged.add_counts(report)
         merged.chunks += report.chunks
-        merged.bytes += report.bytes
-        merged.attempts += report.attempts
-        merged.retries += report.retries
-        merged.splits += report.splits
         merged.seconds += report.seconds
-        merged.skipped_fields += report.skipped_fields
-        merged.errors.extend(report.errors)
         for index, message in report.rejected:
             rejected.setdefault(index, []).append(message)
     merged.rejected = [(index, "; ".join(messages)) for index, messages in sorted(rejected.items())]
