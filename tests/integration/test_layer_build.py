@@ -18,15 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from refinery.devtools.unavailable import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_SUFFIX = ".cpython-312-x86_64-linux-gnu.so"
 MAX_GLIBC = (2, 34)  # Amazon Linux 2023, the python3.12 runtime's OS
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{reason} (CI=true: this test may not be skipped)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _python312() -> str:
@@ -34,7 +30,7 @@ def _python312() -> str:
         ["bash", str(ROOT / "scripts/ensure-python312.sh")], capture_output=True, text=True, check=False
     )
     if found.returncode != 0:
-        _missing(f"no Python 3.12: {found.stderr.strip()}")
+        unavailable(f"no Python 3.12: {found.stderr.strip()}")
     return str(Path(found.stdout.strip()) / "python3.12")
 
 
@@ -42,10 +38,10 @@ def _python312() -> str:
 def built_layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     for tool in ("gcc", "objdump", "make"):
         if shutil.which(tool) is None:
-            _missing(f"{tool} is not installed")
+            unavailable(f"{tool} is not installed")
     cython = Path(sys.executable).parent / "cython"
     if not cython.exists():
-        _missing(f"Cython is not installed in {cython.parent}")
+        unavailable(f"Cython is not installed in {cython.parent}")
     py312 = _python312()
     scratch = tmp_path_factory.mktemp("scratch") / "refinery-layer"
     shutil.copytree(ROOT / "layers/refinery", scratch)  # as SAM copies ContentUri, __pycache__ and all
@@ -97,6 +93,7 @@ def test_the_extension_is_x86_64_and_needs_no_newer_glibc_than_the_runtime(
 
 CHECK_UNDER_312 = """
 import sys
+from refinery.devtools.unavailable import unavailable
 from refinery import speedups
 from refinery.devtools import bench
 from refinery.pipeline import transform_batch
@@ -123,7 +120,7 @@ def test_the_runtime_build_gives_the_pure_python_lines_under_python_312(
     python_dir, py312 = built_layer
     dependencies = ROOT / ".aws-sam/build/DependenciesLayer/python"
     if not (dependencies / "orjson").is_dir():
-        _missing(f"the dependencies built for Python 3.12 are not in {dependencies} (run `make build`)")
+        unavailable(f"the dependencies built for Python 3.12 are not in {dependencies} (run `make build`)")
     env = {**os.environ, "PYTHONPATH": f"{python_dir}{os.pathsep}{dependencies}", "PYTHONNOUSERSITE": "1"}
     env.pop("REFINERY_PURE_PYTHON", None)
     done = subprocess.run(
