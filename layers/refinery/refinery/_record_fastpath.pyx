@@ -163,10 +163,7 @@ cdef bint scan_string(Cursor *c, Span *out) noexcept nogil:
                 p += 2
                 continue
             return False
-        if ch < 128:
-            p += 1
-            continue
-        out.plain = False
+        out.plain = False  # plain_run stops only at the bytes above, or at one >= 0x80:
         # UTF-8: well-formed sequences only (no overlongs, no surrogates, nothing above U+10FFFF)
         if 0xC2 <= ch <= 0xDF:
             if p + 1 >= end or (p[1] & 0xC0) != 0x80:

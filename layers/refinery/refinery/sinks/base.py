@@ -30,7 +30,6 @@ request of it is still in flight.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -152,8 +151,7 @@ class Sink:
         self.sleep = sleep
         self.base_delay = base_delay
         self.concurrency = concurrency  # chunks in flight at once; post() must then be thread-safe
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # created on the first concurrent write
 
     def post(self, body: bytes, timeout: float) -> None:
         """Send one chunk; ``timeout`` bounds the request (never beyond the invocation's deadline)."""
@@ -233,10 +231,9 @@ class Sink:
             raise exc
 
     def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-write")
-            return self._pool
+        if self._pool is None:  # write() is called by one invocation at a time
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-write")
+        return self._pool
 
     def _write_chunk(self, lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport) -> None:
         body = self.encode(lines, first)
