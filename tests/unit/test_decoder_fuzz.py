@@ -17,6 +17,7 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,9 +199,33 @@ def mutated_value(draw: st.DrawFn) -> Any:
     raw = splice_deep(serialise(doc, draw(st.booleans())), draw(st.integers(1, MAX_RAW_DEPTH)))
     if kind in ("bytes", "both"):
         raw = draw(byte_level(raw))
-    encoding = draw(
-        st.sampled_from(["base64"] * 12 + ["unpadded", "urlsafe", "junk", "text", "none", "other"])
+    return encode_value(
+        raw,
+        draw(st.sampled_from(ENCODINGS)),
+        position=lambda size: draw(st.integers(0, size)),
+        junk=lambda: draw(st.sampled_from(JUNK)),
+        text=lambda: draw(st.text(max_size=40)),
+        other=lambda: draw(
+            st.one_of(st.integers(), st.lists(st.integers(), max_size=2), st.floats(), st.booleans())
+        ),
     )
+
+
+ENCODINGS = ["base64"] * 12 + ["unpadded", "urlsafe", "junk", "text", "none", "other"]
+JUNK = ["%", " ", "\n", "é", "=", "-_", "\x00"]
+
+
+def encode_value(
+    raw: bytes,
+    encoding: str,
+    *,
+    position: Callable[[int], int],
+    junk: Callable[[], str],
+    text: Callable[[], str],
+    other: Callable[[], Any],
+) -> Any:
+    """A record value for ``raw`` bytes: base64 (mostly), mangled base64, or not base64 at all; the
+    callables draw what the chosen encoding needs (from hypothesis or from a seeded Random)."""
     encoded = base64.b64encode(raw).decode()
     if encoding == "base64":
         return encoded
@@ -209,13 +234,13 @@ def mutated_value(draw: st.DrawFn) -> Any:
     if encoding == "urlsafe":
         return base64.urlsafe_b64encode(raw).decode()
     if encoding == "junk":
-        at = draw(st.integers(0, len(encoded)))
-        return encoded[:at] + draw(st.sampled_from(["%", " ", "\n", "é", "=", "-_", "\x00"])) + encoded[at:]
+        at = position(len(encoded))
+        return encoded[:at] + junk() + encoded[at:]
     if encoding == "text":
-        return draw(st.text(max_size=40))
+        return text()
     if encoding == "none":
         return None
-    return draw(st.one_of(st.integers(), st.lists(st.integers(), max_size=2), st.floats(), st.booleans()))
+    return other()
 
 
 # -- The same mutations driven by a seeded random.Random drawn from hypothesis: the bulk of each batch
@@ -304,22 +329,14 @@ def random_value(rng: random.Random) -> Any:
                 del raw[position:]
             else:
                 raw[position:position] = rng.randbytes(rng.randint(1, 4))
-    encoded = base64.b64encode(raw).decode()
-    encoding = rng.choice(["base64"] * 12 + ["unpadded", "urlsafe", "junk", "text", "none", "other"])
-    if encoding == "base64":
-        return encoded
-    if encoding == "unpadded":
-        return encoded.rstrip("=")
-    if encoding == "urlsafe":
-        return base64.urlsafe_b64encode(raw).decode()
-    if encoding == "junk":
-        at = rng.randint(0, len(encoded))
-        return encoded[:at] + rng.choice(["%", " ", "\n", "é", "=", "-_", "\x00"]) + encoded[at:]
-    if encoding == "text":
-        return random_text(rng, rng.randint(0, 40))
-    if encoding == "none":
-        return None
-    return rng.choice([rng.randint(-100, 100), [1, 2], 1.5, True, {"a": 1}])
+    return encode_value(
+        bytes(raw),
+        rng.choice(ENCODINGS),
+        position=lambda size: rng.randint(0, size),
+        junk=lambda: rng.choice(JUNK),
+        text=lambda: random_text(rng, rng.randint(0, 40)),
+        other=lambda: rng.choice([rng.randint(-100, 100), [1, 2], 1.5, True, {"a": 1}]),
+    )
 
 
 @st.composite
