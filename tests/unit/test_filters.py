@@ -18,7 +18,7 @@ from refinery.filters import PointFilter, parse_extra_tags
 from refinery.lineparse import parse_line, parse_series, render_line
 from refinery.lineproto import escape_tag
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
-from refinery.pipeline import process_batch
+from refinery.pipeline import BatchResult, process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine
 from refinery.sinks import Deadline, Sink
@@ -166,31 +166,25 @@ def test_a_partial_failure_keeps_the_filtered_accounting(tmp_path) -> None:
     snapshot.write_bytes(sample_snapshot())
     store = MetadataStore(FileSnapshotSource(str(snapshot)))
     quarantine = Quarantine(None, "quarantine/", directory=str(tmp_path / "q"))
-    stage = PointStage(PointFilter(exclude_measurements=re.compile("log"), extra_tags=(("f", "x"),)))
-    result = process_batch(
-        build_kafka_event(values, partitions=1),
-        store,
-        FailingSink(),
-        quarantine,
-        DEADLINE,
-        partial_failures=True,
-        stage=stage,
-    )
+
+    def flush(stage: PointStage) -> BatchResult:
+        return process_batch(
+            build_kafka_event(values, partitions=1),
+            store,
+            FailingSink(),
+            quarantine,
+            DEADLINE,
+            partial_failures=True,
+            stage=stage,
+        )
+
+    result = flush(PointStage(PointFilter(exclude_measurements=re.compile("log"), extra_tags=(("f", "x"),))))
     # Chunk 1 (offsets 0 and 2) written, chunk 2 (offset 4, 6) refused: redelivered from offset 4.
     assert result.batch_item_failures == [{"itemIdentifier": {"partition": "cf-firehose-0", "offset": 4}}]
     assert (result.written, result.dropped, result.redelivered) == (2, {"filtered": 2}, 4)
     assert result.balanced
 
-    stage = PointStage(PointFilter(include_measurements=re.compile("log")))  # the other way round
-    result = process_batch(
-        build_kafka_event(values, partitions=1),
-        store,
-        FailingSink(),
-        quarantine,
-        DEADLINE,
-        partial_failures=True,
-        stage=stage,
-    )
+    result = flush(PointStage(PointFilter(include_measurements=re.compile("log"))))  # the other way round
     # Logs at offsets 1 and 3 written, 5 and 7 refused: redelivered from 5 (with the filtered 6).
     assert result.batch_item_failures == [{"itemIdentifier": {"partition": "cf-firehose-0", "offset": 5}}]
     assert (result.written, result.dropped, result.redelivered) == (2, {"filtered": 3}, 3)
