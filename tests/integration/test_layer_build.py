@@ -100,7 +100,7 @@ from refinery.pipeline import transform_batch
 
 assert sys.version_info[:2] == (3, 12), sys.version
 assert speedups.IMPLEMENTATION == "compiled", speedups.UNAVAILABLE_REASON
-assert speedups.convert_value.__module__ == "refinery._record_fastpath"
+assert speedups.transform_run.__module__ == "refinery._record_fastpath"
 work = bench.build_workload(3000, 300, 100)
 store = bench.new_store(work.snapshot)
 bench.start_invocation(store)

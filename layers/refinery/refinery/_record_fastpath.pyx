@@ -756,22 +756,27 @@ def convert_value(value, lookup):
 
 
 def transform_run(list batch not None, Py_ssize_t index, key, lookup, dict by_time not None,
-                  list lines not None, list origins not None, dropped):
+                  list lines not None, list origins not None, dropped, oldest_ms=None):
     """The records ``batch[index:]`` through the fast path, for as long as each one is a point with a
     timestamp no other point of the batch has, or a drop by policy: placed and counted exactly as
     :func:`refinery.pipeline.transform_batch` does (``by_time``, ``lines``, ``origins``, the
-    ``dropped`` Counter). It stops at the first record that needs the pipeline's own handling.
+    ``dropped`` Counter). It stops at the first record that needs the pipeline's own handling,
+    which includes one with a Kafka ``timestamp`` below ``oldest_ms`` (when given: too old).
 
     Returns ``(next, outcome, written)``: ``written`` points were placed; when ``next < len(batch)``,
     ``batch[next]`` was not, and ``outcome`` is its outcome already computed here (a point whose
     timestamp is taken, or ``DROP_UNKNOWN_APP``, which needs the store's ``last_miss``), or None
-    (not a dict, or not handled by the fast path: take the reference path).
+    (not a dict, too old, or not handled by the fast path: take the reference path).
     """
     cdef Py_ssize_t size = len(batch), written = 0
     while index < size:
         record = batch[index]
         if type(record) is not dict:
             return index, None, written
+        if oldest_ms is not None:
+            stamp = (<dict>record).get("timestamp")
+            if type(stamp) is int and stamp < oldest_ms:
+                return index, None, written
         outcome = convert_record((<dict>record).get("value"), lookup)
         if outcome is None:
             return index, None, written

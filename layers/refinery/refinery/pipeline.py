@@ -42,7 +42,7 @@ from .metadata.store import (
 )
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
-from .speedups import convert_value, transform_run
+from .speedups import transform_run
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
 
 if TYPE_CHECKING:
@@ -199,9 +199,7 @@ def transform_batch(
     bad = transformed.quarantine
     lookup = store.lookup
     loads = orjson.loads
-    fast = convert_value if fast_path else None
-    # Whole runs of records in compiled code, when no per-record age check is needed.
-    run = transform_run if fast_path and oldest_timestamp_ms is None else None
+    run = transform_run if fast_path else None
     partitions = result.partitions
     dropped = result.dropped
     first_timestamp = None
@@ -219,10 +217,13 @@ def transform_batch(
             first_timestamp = first.get("timestamp")
         index, size = 0, len(batch)
         while index < size:
+            outcome = None
             if run is not None:
                 # Compiled: places and counts records until one needs the handling below; its
                 # outcome, if computed, comes back with it (None: take the reference path).
-                index, outcome, placed = run(batch, index, key, lookup, by_time, lines, origins, dropped)
+                index, outcome, placed = run(
+                    batch, index, key, lookup, by_time, lines, origins, dropped, oldest_timestamp_ms
+                )
                 written += placed
                 if index >= size:
                     break
@@ -236,9 +237,6 @@ def transform_batch(
                 if type(stamp_ms) is int and stamp_ms < oldest_timestamp_ms:
                     bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
                     continue
-            if run is None:
-                # The compiled fast path answers for the common record; None sends it the reference way.
-                outcome = fast(value, lookup) if fast is not None else None
             if outcome is None:
                 try:
                     envelope = loads(b64decode(value)) if len(value) <= MAX_VALUE_CHARS else None

@@ -824,7 +824,7 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
     ratio = best / floor
     stdlib_ratio = best / (min(times["stdlib"]) / n)
     pure_best = min(times["pure"]) / n
-    if speedups.convert_value is not None:
+    if speedups.transform_run is not None:
         implementation = (
             "The compiled fast path (`refinery/_record_fastpath.pyx`) ran; the pure-Python path,"
             f" timed in the same rounds, costs {_us(pure_best)}/record ({pure_best / floor:.2f}× the"
