@@ -374,7 +374,7 @@ def check_accounting(event: dict[str, Any], store: MetadataStore) -> Any:
     assert len(done.quarantine) == quarantined
     assert Counter(q.reason for q in done.quarantine) == result.quarantined
     assert set(result.dropped) <= DROP_REASONS and set(result.quarantined) <= QUARANTINE_REASONS
-    assert result.points == len(done.lines) == result.written - result.duplicate_points
+    assert result.points == len(done.lines) == result.written - result.resends
     for line in done.lines:
         assert line.split(",", 1)[0] in ("http_request", "log", "instance")
         assert "\n" not in line and "NaN" not in line and "inf" not in line.rsplit(" ", 2)[1]

@@ -261,7 +261,7 @@ def test_every_synthetic_record_is_one_distinct_point_however_the_stream_is_cut(
     whole, summary = enrich(tmp_path, build_kafka_event(values, partitions=3), traffic.snapshot())
     expected = len(values) - sum(1 for k, _ in pairs if k in ("value_metric", "counter_event"))
     assert summary["points"] == summary["written"] == expected == len(set(whole))
-    assert summary["timestamp_adjusted"] == summary["duplicate_points"] == summary["quarantined"] == 0
+    assert summary["identity_collisions"] == summary["resends"] == summary["quarantined"] == 0
     pieces: list[str] = []
     for start in range(0, len(values), 137):  # other batch boundaries, one partition
         lines, _ = enrich(tmp_path, build_kafka_event(values[start : start + 137]), traffic.snapshot())

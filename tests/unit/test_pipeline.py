@@ -9,6 +9,7 @@ from pathlib import Path
 from refinery.devtools.collecting_sink import CollectingSink
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.samples import sample_envelopes, sample_snapshot
+from refinery.identity import point_time
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch, transform_batch
 from refinery.quarantine import Quarantine, decode_records
@@ -73,7 +74,7 @@ def test_without_any_snapshot_records_are_quarantined_not_dropped(tmp_path) -> N
     assert result.balanced
 
 
-def test_identical_records_give_one_point_and_distinct_collisions_are_kept(tmp_path) -> None:
+def test_identical_records_give_one_point_and_distinct_ones_keep_their_own(tmp_path) -> None:
     log = json.loads(sample_envelopes()[1])
     other = json.loads(sample_envelopes()[1])
     other["logMessage"]["message"] = base64.b64encode(b"a different message").decode()
@@ -81,8 +82,25 @@ def test_identical_records_give_one_point_and_distinct_collisions_are_kept(tmp_p
     store = store_for(tmp_path, sample_snapshot())
     store.refresh_if_due()
     done = transform_batch(build_kafka_event(values, partitions=1), store)
-    assert done.result.duplicate_points == 1 and done.result.timestamp_adjusted == 1
-    assert [line.rsplit(" ", 1)[1] for line in done.lines] == ["1537510364199999999", "1537510364200000000"]
+    assert done.result.resends == 1 and done.result.identity_collisions == 0
+    # Each point's time is the event's microsecond with the last three digits from its record's bytes.
+    event_time = log["logMessage"]["timestamp"]
+    times = [int(line.rsplit(" ", 1)[1]) for line in done.lines]
+    assert times == [point_time(event_time, values[0], 1000), point_time(event_time, values[2], 1000)]
+    assert times[0] != times[1] and {t // 1000 for t in times} == {event_time // 1000}
     assert done.result.written == 3 and done.result.balanced
-    again = transform_batch(build_kafka_event(values, partitions=1), store)
-    assert again.lines == done.lines
+    # Cut differently (each record alone, in another order): the same points.
+    alone = [transform_batch(build_kafka_event([v], partitions=1), store).lines for v in reversed(values)]
+    assert sorted({line for lines in alone for line in lines}) == sorted(done.lines)
+
+
+def test_exact_timestamps_count_the_collision_they_cannot_avoid(tmp_path) -> None:
+    log = json.loads(sample_envelopes()[1])
+    other = json.loads(sample_envelopes()[1])
+    other["logMessage"]["message"] = base64.b64encode(b"a different message").decode()
+    values = [json.dumps(log).encode(), json.dumps(log).encode(), json.dumps(other).encode()]
+    store = store_for(tmp_path, sample_snapshot())
+    store.refresh_if_due()
+    done = transform_batch(build_kafka_event(values, partitions=1), store, timestamp_digits=0)
+    assert done.result.resends == 1 and done.result.identity_collisions == 1
+    assert [line.rsplit(" ", 1)[1] for line in done.lines] == [str(log["logMessage"]["timestamp"])] * 2

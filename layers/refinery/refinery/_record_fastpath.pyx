@@ -19,6 +19,7 @@ hand-made records; :mod:`refinery.speedups` decides whether it is used.
 
 from cpython.ref cimport PyObject
 from libc.string cimport memcmp, strchr, strlen
+from zlib import crc32
 
 from .envelope import MAX_VALUE_BYTES, b64decode
 from .lineproto import format_float as _py_format_float
@@ -37,6 +38,7 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     bint sub_overflows "__builtin_ssubll_overflow"(long long a, long long b, long long *out)
+    bint add_overflows "__builtin_saddll_overflow"(long long a, long long b, long long *out)
     bint isfinite "isfinite"(double x)
 
 cdef extern from *:
@@ -696,9 +698,41 @@ cdef inline bint starts(Span *span, const char *prefix) noexcept nogil:
     return span.size >= 3 and memcmp(span.start, prefix, 3) == 0
 
 
+# ------------------------------------------------------------------------------- identity
+
+cdef object CRC32 = crc32
+
+
+cdef inline u64 fingerprint(object raw):
+    """:func:`refinery.identity.fingerprint`: CRC-32 and length through the SplitMix64 finaliser."""
+    cdef u64 x = (<u64>CRC32(raw)) | ((<u64>PyBytes_GET_SIZE(raw)) << 32)
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef inline bint stamp_base(long long timestamp, long long modulus, long long *base):
+    """The timestamp with its last digits cleared. False when a stamped time might leave the int64
+    range (the reference path, :func:`refinery.identity.point_time`, handles those few)."""
+    cdef long long rest = timestamp % modulus
+    if rest < 0:
+        rest += modulus
+    if sub_overflows(timestamp, rest, base):
+        return False
+    cdef long long top
+    return not add_overflows(base[0], modulus - 1, &top)
+
+
+cdef inline long long stamped(long long base, object raw, long long modulus):
+    """:func:`refinery.identity.point_time` of a time whose ``base`` passed :func:`stamp_base`."""
+    if modulus == 1:
+        return base
+    return base + <long long>(fingerprint(raw) % <u64>modulus)
+
+
 # ------------------------------------------------------------------------------- points
 
-cdef object http_point(Http *h, object tags, object start):
+cdef object http_point(Http *h, object tags, long long time):
     cdef long long elapsed
     if sub_overflows(h.stop, h.start, &elapsed):
         duration = _py_format_float(_py.go_seconds(h.stop - <object>h.start))  # saturates, as Go does
@@ -712,12 +746,12 @@ cdef object http_point(Http *h, object tags, object start):
         method = str(h.method)
     return (
         f"http_request{tags.head},instance={h.index},method={method}{tags.tail}"
-        f",status_code={h.status} count=1i,duration={duration},response_size={h.size}i {h.start}",
-        start,
+        f",status_code={h.status} count=1i,duration={duration},response_size={h.size}i {time}",
+        time,
     )
 
 
-cdef object log_point(Log *m, object tags, object kind):
+cdef object log_point(Log *m, object tags, object kind, long long time):
     cdef Py_ssize_t n = m.message.size
     if n:
         n = n // 4 * 3 - (m.message.start[n - 1] == 61) - (m.message.start[n - 2] == 61)
@@ -726,8 +760,8 @@ cdef object log_point(Log *m, object tags, object kind):
     if instance_tag is None:
         instance_tag = instance_tag_of(instance)
     return (
-        f"log{tags.head},instance={instance_tag}{tags.tail},type={kind} count=1i,size={n}i {m.timestamp}",
-        m.timestamp,
+        f"log{tags.head},instance={instance_tag}{tags.tail},type={kind} count=1i,size={n}i {time}",
+        time,
     )
 
 
@@ -749,19 +783,21 @@ cdef object container_point(Container *m, long long timestamp, object tags):
     )
 
 
-def convert_value(value, lookup):
+def convert_value(value, lookup, long long modulus=1):
     """A record's base64 value -> what :func:`refinery.transform.convert` gives for it (a point or
-    a ``Dropped``), or ``None``: not handled here, take the reference path."""
-    return convert_record(value, lookup)
+    a ``Dropped``; the point at its identity time, :func:`refinery.identity.stamp_line`, with
+    ``modulus`` = 10**digits), or ``None``: not handled here, take the reference path."""
+    return convert_record(value, lookup, modulus)
 
 
 def transform_run(list batch not None, Py_ssize_t index, key, lookup, dict by_time not None,
-                  list lines not None, list origins not None, dropped, oldest_ms=None):
+                  list lines not None, list origins not None, dropped, oldest_ms, long long modulus):
     """The records ``batch[index:]`` through the fast path, for as long as each one is a point with a
     timestamp no other point of the batch has, or a drop by policy: placed and counted exactly as
     :func:`refinery.pipeline.transform_batch` does (``by_time``, ``lines``, ``origins``, the
     ``dropped`` Counter). It stops at the first record that needs the pipeline's own handling,
-    which includes one with a Kafka ``timestamp`` below ``oldest_ms`` (when given: too old).
+    which includes one with a Kafka ``timestamp`` below ``oldest_ms`` (when not None: too old). Points
+    are at their identity time (``modulus`` = 10**``TIMESTAMP_HASH_DIGITS``, see :mod:`refinery.identity`).
 
     Returns ``(next, outcome, written)``: ``written`` points were placed; when ``next < len(batch)``,
     ``batch[next]`` was not, and ``outcome`` is its outcome already computed here (a point whose
@@ -777,7 +813,7 @@ def transform_run(list batch not None, Py_ssize_t index, key, lookup, dict by_ti
             stamp = (<dict>record).get("timestamp")
             if type(stamp) is int and stamp < oldest_ms:
                 return index, None, written
-        outcome = convert_record((<dict>record).get("value"), lookup)
+        outcome = convert_record((<dict>record).get("value"), lookup, modulus)
         if outcome is None:
             return index, None, written
         if type(outcome) is tuple:
@@ -796,7 +832,7 @@ def transform_run(list batch not None, Py_ssize_t index, key, lookup, dict by_ti
     return index, None, written
 
 
-cdef object convert_record(value, lookup):
+cdef object convert_record(value, lookup, long long modulus):
     if type(value) is not str or len(<str>value) > MAX_VALUE_CHARS:
         return None
     try:
@@ -810,6 +846,7 @@ cdef object convert_record(value, lookup):
     cdef Http h
     cdef Log m
     cdef Container k
+    cdef long long base
     c.p = data
     c.end = end
     if not scan_envelope(&c, &env):
@@ -827,25 +864,31 @@ cdef object convert_record(value, lookup):
             return None
         if not m.app_id.size:
             return DROP_NO_APP_ID
+        if not stamp_base(m.timestamp, modulus, &base):
+            return None
         tags = lookup(ascii_text(&m.app_id))
         if tags is None:
             return DROP_UNKNOWN_APP
-        return log_point(&m, tags, kind)
+        return log_point(&m, tags, kind, stamped(base, raw, modulus))
     if env.event_type == 4:  # HttpStartStop
         if not env.seen & HAS_HTTP or env.http[0] != 123 or not scan_http(env.http, end, &h):
+            return None
+        if not stamp_base(h.start, modulus, &base):
             return None
         tags = lookup(guid_text(h.low, h.high))
         if tags is None:
             return DROP_UNKNOWN_APP
-        return http_point(&h, tags, h.start)
+        return http_point(&h, tags, stamped(base, raw, modulus))
     if env.event_type == 9:  # ContainerMetric
         if (not env.seen & HAS_CONTAINER or env.container[0] != 123
                 or not env.seen & HAS_TIMESTAMP_INT or not scan_container(env.container, end, &k)):
             return None
         if not k.app_id.size:
             return DROP_NO_APP_ID
+        if not stamp_base(env.timestamp, modulus, &base):
+            return None
         tags = lookup(ascii_text(&k.app_id))
         if tags is None:
             return DROP_UNKNOWN_APP
-        return container_point(&k, env.timestamp, tags)
+        return container_point(&k, stamped(base, raw, modulus), tags)
     return TYPE_DROPS.get(env.event_type, DROP_UNSUPPORTED_TYPE)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .filters import PointFilter, parse_extra_tags, parse_regex
+from .identity import DEFAULT_DIGITS, MAX_DIGITS
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,7 @@ def parse_bounded_int(low: int, high: int) -> Callable[[str], int]:
             raise ValueError(f"{text!r} must be an integer from {low} to {high}")
         return value
 
+    parse.kind = "int"  # type: ignore[attr-defined]  # what `refinery config` and the README call it
     return parse
 
 
@@ -118,7 +120,7 @@ class Setting:
             parse_share: "share",
             parse_regex: "regex",
             parse_extra_tags: "tags",
-        }.get(self.parse, "string")
+        }.get(self.parse) or getattr(self.parse, "kind", "string")
 
 
 def _str(text: str) -> str:
@@ -204,6 +206,17 @@ SETTINGS: tuple[Setting, ...] = (
         "false",
         "Report per-partition failures (the mapping must have ReportBatchItemFailures) instead of "
         "failing the whole batch when a flush fails part-way.",
+        "safety",
+    ),
+    Setting(
+        "TIMESTAMP_HASH_DIGITS",
+        parse_bounded_int(0, MAX_DIGITS),
+        str(DEFAULT_DIGITS),
+        "Last digits of each point's nanosecond timestamp taken from a hash of its record, so that "
+        "distinct events never share a point and a re-sent one always does (README: Point identity). "
+        "3 keeps microseconds (1 in 1000 chance per pair of same-series events in one microsecond); "
+        "6 keeps milliseconds (1 in a million per pair in one millisecond); 0 writes the envelope's "
+        "exact time (distinct events with the same series and time overwrite each other).",
         "safety",
     ),
     # --- Metadata ------------------------------------------------------------------------------
@@ -485,6 +498,7 @@ class Config:
     refresh_force: bool = False
     max_record_age: float = 0.0
     report_batch_item_failures: bool = False
+    timestamp_digits: int = DEFAULT_DIGITS
     prometheus: PrometheusConfig | None = None
     rules_file: str | None = None
     rules_bucket: str | None = None
@@ -624,6 +638,7 @@ def load_config(
         refresh_force=values["REFRESH_FORCE"],
         max_record_age=values["MAX_RECORD_AGE_SECONDS"],
         report_batch_item_failures=values["REPORT_BATCH_ITEM_FAILURES"],
+        timestamp_digits=values["TIMESTAMP_HASH_DIGITS"],
         prometheus=prometheus,
         rules_file=values["RULES_FILE"] if role == "enricher" else None,
         rules_bucket=values["RULES_BUCKET"] or values["METADATA_BUCKET"],

@@ -144,6 +144,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             deadline,
             max_record_age=rt.config.max_record_age or None,
             partial_failures=rt.config.report_batch_item_failures,
+            timestamp_digits=rt.config.timestamp_digits,
             stage=rt.stage,
         )
     except (FlushError, QuarantineError) as exc:

@@ -9,11 +9,13 @@ source we do not keep, an app unknown to the metadata); *quarantined*: it cannot
 (written to the quarantine with the reason). Only an unacknowledged flush, or a failed quarantine
 write, raises — and then the whole batch is retried by the event source mapping.
 
-Point identity is (measurement, tags, timestamp). Retrying a batch rewrites the same points. Two
-*different* records of one batch that map to the same identity would silently overwrite each other
-in InfluxDB; the later one's timestamp is moved forward by 1 ns until it is unique (counted as
-``timestamp_adjusted``). Identical records (e.g. a nozzle re-send) give identical points: written
-once, counted as ``duplicate_points``.
+A point's identity (measurement, tags, timestamp) is a pure function of its record
+(:mod:`refinery.identity`: the timestamp's last digits come from a fingerprint of the record's
+bytes), never of the batch, position, partition or offset, so any retry, re-cut, replay or order of
+invocations writes the same points. Within a batch, records whose points are identical (a nozzle
+re-send) are written once and counted as ``resends``; points of one series at one time with other
+fields (a fingerprint collision, or any distinct events with ``TIMESTAMP_HASH_DIGITS=0``) are counted
+as ``identity_collisions``: InfluxDB keeps one of them.
 
 Lines the server refuses for good (a field type conflict, say) are isolated by the sink and their
 records quarantined with the server's message; the rest of the batch is written. With
@@ -25,6 +27,7 @@ per partition, the first offset not acknowledged instead of failing the whole ba
 from __future__ import annotations
 
 import time
+from binascii import a2b_base64
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .envelope import MAX_VALUE_BYTES, Poison, b64decode, decode_value
+from .identity import DEFAULT_DIGITS, stamp_line
+from .lineparse import series_end
 from .metadata.store import (
     LOOKUP_DEFERRED,
     LOOKUP_FAILED,
@@ -63,8 +68,8 @@ class BatchResult:
     points: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
-    duplicate_points: int = 0
-    timestamp_adjusted: int = 0
+    resends: int = 0  # records whose point another record of the batch also gave: written once
+    identity_collisions: int = 0  # points of one series at one time with other fields: one is kept
     partitions: dict[str, list[Any]] = field(default_factory=dict)
     quarantine_object: str | None = None
     sink: WriteReport | None = None
@@ -90,8 +95,8 @@ class BatchResult:
             "dropped_by_reason": dict(self.dropped),
             "quarantined": sum(self.quarantined.values()),
             "quarantined_by_reason": dict(self.quarantined),
-            "duplicate_points": self.duplicate_points,
-            "timestamp_adjusted": self.timestamp_adjusted,
+            "resends": self.resends,
+            "identity_collisions": self.identity_collisions,
             "partitions": {
                 k: {"first_offset": v[0], "last_offset": v[1], "records": v[2]}
                 for k, v in self.partitions.items()
@@ -125,7 +130,6 @@ class Transformed:
     first_timestamp: Any = None
     origins: list[Origin] = field(default_factory=list)
     more_origins: dict[int, list[Origin]] = field(default_factory=dict)
-    collided: set[int] = field(default_factory=set)  # lines whose timestamp another line also had
     whole_batch_only: bool = False  # set by recording rules: no partial batch response may split it
 
     def origins_of(self, index: int) -> list[Origin]:
@@ -133,41 +137,40 @@ class Transformed:
         return [self.origins[index], *self.more_origins.get(index, ())]
 
 
-class _Placement:
-    """Where each point goes, keeping (measurement, tags, timestamp) unique within the batch.
+class _SameTime:
+    """The points of a batch that share one timestamp: by line (re-sends) and by series (collisions)."""
 
-    The common case — a timestamp no other point of the batch has — is one dict insert, done inline
-    by :func:`transform_batch`; lines are compared (and parsed) by :meth:`collide` only when two
-    points share a timestamp.
-    """
+    __slots__ = ("lines", "series")
+
+    def __init__(self, line: str, index: int):
+        self.lines = {line: index}
+        self.series = {line[: series_end(line)]}
+
+
+class _Placement:
+    """Points placed in the batch: one dict insert per timestamp; lines compared only when two points
+    share a timestamp (the compiled fast path does the common case inline, with the same ``by_time``)."""
 
     def __init__(self, transformed: Transformed):
         self.t = transformed
-        self.by_time: dict[int, int | list[int]] = {}
-
-    def _at(self, timestamp: int) -> list[int]:
-        found = self.by_time.get(timestamp)
-        if found is None:
-            return []
-        return found if isinstance(found, list) else [found]
+        self.by_time: dict[int, int | _SameTime] = {}
 
     def collide(self, line: str, timestamp: int, origin: Origin) -> None:
         t = self.t
-        for index in self._at(timestamp):
-            if t.lines[index] == line:  # an identical record: the same point
-                t.result.duplicate_points += 1
-                t.more_origins.setdefault(index, []).append(origin)
-                return
-        series, fields, _ = line.rsplit(" ", 2)
-        original = timestamp
-        while any(t.lines[i].rsplit(" ", 2)[0] == series for i in self._at(timestamp)):
-            timestamp += 1
-        if timestamp != original:
-            t.result.timestamp_adjusted += 1
-            line = f"{series} {fields} {timestamp}"
-            t.collided.update(self._at(original))
-            t.collided.add(len(t.lines))
-        self.by_time[timestamp] = [*self._at(timestamp), len(t.lines)]
+        same = self.by_time[timestamp]
+        if type(same) is int:
+            same = self.by_time[timestamp] = _SameTime(t.lines[same], same)
+        index = same.lines.get(line)
+        if index is not None:  # the same point again: a re-send of the same record
+            t.result.resends += 1
+            t.more_origins.setdefault(index, []).append(origin)
+            return
+        series = line[: series_end(line)]
+        if series in same.series:
+            t.result.identity_collisions += 1
+        else:
+            same.series.add(series)
+        same.lines[line] = len(t.lines)
         t.lines.append(line)
         t.origins.append(origin)
 
@@ -177,6 +180,7 @@ def transform_batch(
     store: MetadataStore,
     oldest_timestamp_ms: float | None = None,
     *,
+    timestamp_digits: int = DEFAULT_DIGITS,
     fast_path: bool = True,
 ) -> Transformed:
     """Decode, enrich and transform every record (no I/O but metadata lookups).
@@ -188,7 +192,11 @@ def transform_batch(
     decoder (:func:`~refinery.envelope.decode_value`), which names the reason it is quarantined (or
     reads what only the standard library can, such as NaN). ``fast_path=False`` sends every record the
     reference way (tests and the benchmark compare the two).
+
+    Each point's timestamp is its identity time (:func:`refinery.identity.point_time`, the last
+    ``timestamp_digits`` digits from the record's bytes; 0: the envelope's own time).
     """
+    modulus = 10**timestamp_digits
     result = BatchResult()
     transformed = Transformed([], [], result)
     placement = _Placement(transformed)
@@ -222,7 +230,7 @@ def transform_batch(
                 # Compiled: places and counts records until one needs the handling below; its
                 # outcome, if computed, comes back with it (None: take the reference path).
                 index, outcome, placed = run(
-                    batch, index, key, lookup, by_time, lines, origins, dropped, oldest_timestamp_ms
+                    batch, index, key, lookup, by_time, lines, origins, dropped, oldest_timestamp_ms, modulus
                 )
                 written += placed
                 if index >= size:
@@ -238,17 +246,23 @@ def transform_batch(
                     bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
                     continue
             if outcome is None:
+                raw = envelope = None
                 try:
-                    envelope = loads(b64decode(value)) if len(value) <= MAX_VALUE_CHARS else None
+                    if len(value) <= MAX_VALUE_CHARS:
+                        raw = b64decode(value)
+                        envelope = loads(raw)
                 except (ValueError, TypeError):
-                    envelope = None
+                    pass
                 try:
                     if type(envelope) is not dict:
                         envelope = decode_value(value)  # strict: raises Poison naming the reason
+                        raw = a2b_base64(value, strict_mode=True)  # decode_value could: so can this
                     outcome = convert(envelope, lookup)
                 except Poison as exc:
                     bad.append(QuarantinedRecord(key, record, exc.reason, exc.detail))
                     continue
+                if type(outcome) is tuple:
+                    outcome = stamp_line(outcome[0], outcome[1], raw, modulus)
             if type(outcome) is Dropped:
                 if outcome is DROP_UNKNOWN_APP and store.last_miss is not None:
                     # Not known to be absent: metadata could not be had now. Keep it for replay.
@@ -283,6 +297,7 @@ def process_batch(
     *,
     max_record_age: float | None = None,
     partial_failures: bool = False,
+    timestamp_digits: int = DEFAULT_DIGITS,
     now: Callable[[], float] = time.time,
     stage: PointStage | None = None,
 ) -> BatchResult:
@@ -292,7 +307,7 @@ def process_batch(
     if stage is not None:  # filters, extra tags, recording rules (point_stage.py)
         stage.begin_invocation()
     oldest = (now() - max_record_age) * 1000.0 if max_record_age else None
-    done = transform_batch(event, store, oldest)
+    done = transform_batch(event, store, oldest, timestamp_digits=timestamp_digits)
     if stage is not None:
         stage.apply(done)
     result = done.result
@@ -300,10 +315,9 @@ def process_batch(
     try:
         result.sink = sink.write(done.lines, deadline)
     except FlushError as exc:
-        if not partial_failures or done.whole_batch_only or _splits_a_collision(done, exc.acknowledged):
-            # Without partial responses the whole batch is retried. So it is when the failure falls
-            # inside a group of points told apart by moving timestamps: a retry of only part of the
-            # group could not reproduce the same moves, and one point would overwrite another.
+        if not partial_failures or done.whole_batch_only:
+            # Without partial responses the whole batch is retried (and with recording rules, whose
+            # aggregates a partial redelivery could split).
             raise
         result.flush_error = str(exc)
         result.batch_item_failures = _first_unacknowledged(done, exc.acknowledged)
@@ -315,7 +329,9 @@ def process_batch(
         # now, and count it as redelivered rather than as written, dropped or quarantined.
         _quarantine_rejected(done, exc.report.rejected if exc.report else [], bad, result)
         bad = [q for q in bad if not _redelivered(q, failed)]
-        again_done = transform_batch(_records_from(event, failed), store, oldest)
+        again_done = transform_batch(
+            _records_from(event, failed), store, oldest, timestamp_digits=timestamp_digits
+        )
         if stage is not None:
             stage.apply(again_done)
         again = again_done.result
@@ -351,13 +367,6 @@ def _quarantine_rejected(
             bad.append(QuarantinedRecord(key, record, REJECTED, message))
             result.written -= 1
             result.quarantined[REJECTED] += 1
-
-
-def _splits_a_collision(done: Transformed, acknowledged: int) -> bool:
-    """True when some line of a timestamp-collision group was acknowledged and another was not."""
-    return any(index >= acknowledged for index in done.collided) and any(
-        index < acknowledged for index in done.collided
-    )
 
 
 def _first_unacknowledged(done: Transformed, acknowledged: int) -> list[dict[str, Any]]:

@@ -101,14 +101,12 @@ class PointStage:
 
 
 def _reindex(done: Transformed, keep: list[int], new_lines: list[str]) -> None:
-    """Keep the lines at ``keep`` (now ``new_lines``), with their records and collision marks."""
+    """Keep the lines at ``keep`` (now ``new_lines``), with their records."""
     if len(keep) == len(done.lines):  # nothing removed: only the lines may have changed
         done.lines = new_lines
         return
     origins = done.origins
     more = done.more_origins
-    collided = done.collided
     done.origins = [origins[i] for i in keep]
     done.more_origins = {j: more[i] for j, i in enumerate(keep) if i in more}
-    done.collided = {j for j, i in enumerate(keep) if i in collided}
     done.lines = new_lines

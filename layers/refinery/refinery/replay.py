@@ -176,7 +176,13 @@ def replay(url: str, *, client: Any = None, timeout: float = 600.0) -> ReplayRep
         for event in to_events(all_records):
             deadline = Deadline(lambda: int(timeout * 1000), reserve=0.0)
             result = process_batch(
-                event, runtime.store, runtime.sink, replay_quarantine, deadline, stage=runtime.stage
+                event,
+                runtime.store,
+                runtime.sink,
+                replay_quarantine,
+                deadline,
+                stage=runtime.stage,
+                timestamp_digits=config.timestamp_digits,  # the same point times as the first run
             )
             report.records += result.records_in
             report.written += result.written
