@@ -9,7 +9,8 @@ import pytest
 
 from refinery.devtools.events import build_kafka_event
 from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.samples import SAMPLE_APP
+from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
+from refinery.identity import DEFAULT_DIGITS, point_time
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
 from refinery.sinks import FlushError
 
@@ -59,6 +60,22 @@ EXPECTED = {
 }
 
 
+#: The sample record (``sample_envelopes()`` index) each expected point comes from.
+SOURCES = {("http_request", 0): 0, ("log", 0): 2, ("log", 1): 1, ("instance", 0): 3}
+
+
+def at_identity_times(expected: dict[str, list[dict]], modulus: int) -> dict[str, list[dict]]:
+    """The anchor's points at their identity times: the last digits from each sample record's bytes."""
+    samples = sample_envelopes()
+    return {
+        m: [
+            {**p, "time": point_time(p["time"], samples[SOURCES[m, i]], modulus)}
+            for i, p in enumerate(points)
+        ]
+        for m, points in expected.items()
+    }
+
+
 def stored(influxdb1, db: str) -> dict[str, list[dict]]:
     return {
         m: [{k: p[k] for k in ("tags", "fields", "time")} for p in influxdb1.points(db, m)] for m in EXPECTED
@@ -72,7 +89,15 @@ def v1_env(monkeypatch, snapshot_bucket, influxdb1, influx_db) -> str:
     return influx_db
 
 
-def test_v1_writes_exactly_the_expected_points_and_a_retry_adds_none(v1_env, influxdb1, invoke, msk_event):
+@pytest.mark.parametrize("digits", [None, "0", "6"])
+def test_v1_writes_exactly_the_expected_points_and_a_retry_adds_none(
+    v1_env, influxdb1, invoke, msk_event, monkeypatch, digits
+):
+    """The anchor's points: with TIMESTAMP_HASH_DIGITS=0 exactly its lines, otherwise (default 3) the
+    same points with the last digits of each time taken from the record."""
+    if digits is not None:
+        monkeypatch.setenv("TIMESTAMP_HASH_DIGITS", digits)
+    expected = at_identity_times(EXPECTED, 10 ** int(digits or DEFAULT_DIGITS))
     result = invoke(msk_event)
     assert result["batchItemFailures"] == []
     summary = result["summary"]
@@ -82,9 +107,9 @@ def test_v1_writes_exactly_the_expected_points_and_a_retry_adds_none(v1_env, inf
         2,
         0,
     )
-    assert stored(influxdb1, v1_env) == EXPECTED
+    assert stored(influxdb1, v1_env) == expected
     invoke(msk_event)
-    assert stored(influxdb1, v1_env) == EXPECTED
+    assert stored(influxdb1, v1_env) == expected
 
 
 NASTY_NAMES = [
@@ -206,7 +231,7 @@ def test_503_fails_the_batch_and_honours_retry_after(
         proxy.fail_next(2, status=503, retry_after="0")
         result = invoke(msk_event, timeout=30)
         assert result["summary"]["sink_retries"] == 2
-        assert stored(influxdb1, influx_db) == EXPECTED
+        assert stored(influxdb1, influx_db) == at_identity_times(EXPECTED, 10**DEFAULT_DIGITS)
 
 
 def test_wrong_database_is_a_configuration_error(monkeypatch, snapshot_bucket, influxdb1, invoke, msk_event):

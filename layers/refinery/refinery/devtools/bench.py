@@ -65,6 +65,7 @@ from ..pipeline import Transformed, transform_batch
 from .environ import patched_environ
 from .events import build_kafka_event
 from .fake_cc import Foundation
+from .samples import sample_envelopes, sample_snapshot
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -85,6 +86,7 @@ RECORDS_PRICED = 1_000_000_000
 
 TARGET_CORE_VS_FLOOR = 1.5
 TARGET_SPEEDUP_VS_POINT = 4.0
+TARGET_SAME_TIME = 2.0
 TARGET_END_TO_END = 1.3
 TARGET_COLD_START_S = 0.300
 TARGET_MEMORY_VS_PAYLOAD = 3.0
@@ -185,6 +187,7 @@ class Row:
 ROWS: tuple[tuple[str, str, bool], ...] = (
     ("core_floor", "1. core cost per record vs decode floor", False),
     ("core_point", "2. core cost per record vs influxdb-client Point", False),
+    ("same_time", "2b. one series at one timestamp vs distinct timestamps", False),
     ("e2e", "3. end to end: handler → InfluxDB 1.x (gzip on, default)", True),
     ("e2e_plain", "3b. end to end: handler → InfluxDB 1.x (INFLUX_GZIP=false)", True),
     ("cold_start", "4. cold start: import + runtime (v1 sink)", False),
@@ -878,6 +881,62 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
         ),
     )
     return CoreFigures(per_record=best, points=work.expected_points)
+
+
+def same_time_values(records: int, same_time: bool) -> list[bytes]:
+    """``records`` distinct requests of the sample app, one instance, method and status: all started
+    in the same nanosecond (``same_time``), or each in its own microsecond."""
+    doc = json.loads(sample_envelopes()[0])
+    body = doc["httpStartStop"]
+    start = body["startTimestamp"]
+    values = []
+    for i in range(records):
+        body["startTimestamp"] = start if same_time else start + i * 1000
+        body["stopTimestamp"] = start + 1_000_000 + i
+        body["requestId"] = {"low": i + 1, "high": 7}
+        values.append(nozzle_json(doc))
+    return values
+
+
+def bench_same_time(sizes: Sizes, rows: dict[str, Row]) -> None:
+    """The cost of many distinct points of one series at one timestamp against as many at distinct times."""
+    n = sizes.records
+    store = new_store(sample_snapshot())
+    events = {
+        kind: build_kafka_event(same_time_values(n, kind == "same"), partitions=1)
+        for kind in ("same", "apart")
+    }
+
+    def runner(kind: str) -> Callable[[], Transformed]:
+        def run() -> Transformed:
+            start_invocation(store)
+            return transform_batch(events[kind], store)
+
+        return run
+
+    same, apart = runner("same")(), runner("apart")()
+    if apart.result.points != n or same.result.written != n:
+        raise RuntimeError(f"same-time workload: {same.result.summary()} / {apart.result.summary()}")
+    _progress(f"one series at one timestamp: {sizes.rounds} interleaved rounds of {_count(n)} records")
+    times = interleaved({"same": runner("same"), "apart": runner("apart")}, sizes.rounds, gc_off=True)
+    ours, baseline = min(times["same"]) / n, min(times["apart"]) / n
+    ratio = ours / baseline
+    fill(
+        rows["same_time"],
+        ours=f"{_us(ours)}/record",
+        baseline=f"{_us(baseline)}/record",
+        ratio=ratio,
+        target=f"≤ {TARGET_SAME_TIME:.2f}×",
+        status=_verdict(ratio <= TARGET_SAME_TIME),
+        how=(
+            f"`transform_batch` on {_count(n)} distinct requests of one app, instance, method and status"
+            " all started in the same nanosecond, against the same requests each in its own microsecond;"
+            f" best of {sizes.rounds} interleaved rounds, GC off while timed. At one time the"
+            f" {_count(n)} points share the 1 000 identity times of that microsecond"
+            f" ({same.result.points} distinct points, {same.result.identity_collisions} counted as"
+            " `identity_collisions`): the cost of comparing points that share a time."
+        ),
+    )
 
 
 def print_profile(work: Workload, out: Any = None, top: int = 25) -> None:
@@ -1678,6 +1737,10 @@ def main(argv: list[str] | None = None) -> int:
             print_profile(work)
     except Exception as exc:
         failed(rows, ("core_floor", "core_point"), exc)
+    try:
+        bench_same_time(sizes, rows)
+    except Exception as exc:
+        failed(rows, ("same_time",), exc)
     e2e = None
     if args.skip_servers:
         for key in SERVER_ROWS:
