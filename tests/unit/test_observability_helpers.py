@@ -105,6 +105,8 @@ def _summary(**changes: Any) -> dict[str, Any]:
         "dropped_by_reason": {"unknown_app": 2, "value_metric": 1},
         "quarantined": 1,
         "quarantined_by_reason": {"metadata_lookup_failed": 1},
+        "resends": 2,
+        "identity_collisions": 1,
         "metadata": {"cache": 1, "snapshot": 1, "live": 0, "negative": 1, "unknown": 1, "live_failures": 1},
         "sink_retries": 2,
         "sink_seconds": 0.25,
@@ -131,6 +133,7 @@ def test_a_summary_becomes_one_emf_document_with_the_service_dimension_only(monk
     assert values["EnrichmentMisses"] == 3.0  # unknown_app (dropped) + metadata_lookup_failed
     assert values["HitRatio.cache"] == values["HitRatio.negative"] == 20.0
     assert values["BatchLag"] == 1234.0 and values["SnapshotAge"] == 42.5
+    assert values["Resends"] == 2.0 and values["IdentityCollisions"] == 1.0
     assert set(doc) == {"_aws", "service", *units}
     assert {n for n in units if "." not in n} <= set(ENRICHER_METRICS)
 

@@ -55,6 +55,8 @@ ENRICHER_METRICS: dict[str, str] = {
     "PointsWritten": MetricUnit.Count.value,
     "RecordsDropped": MetricUnit.Count.value,
     "RecordsQuarantined": MetricUnit.Count.value,
+    "Resends": MetricUnit.Count.value,
+    "IdentityCollisions": MetricUnit.Count.value,
     "EnrichmentMisses": MetricUnit.Count.value,
     "SinkSeconds": MetricUnit.Seconds.value,
     "SinkRetries": MetricUnit.Count.value,
@@ -210,6 +212,8 @@ def emit_batch_metrics(metrics: Metrics, summary: Mapping[str, Any]) -> None:
     add(name="PointsWritten", unit=unit["PointsWritten"], value=summary["points"])
     add(name="RecordsDropped", unit=unit["RecordsDropped"], value=summary["dropped"])
     add(name="RecordsQuarantined", unit=unit["RecordsQuarantined"], value=summary["quarantined"])
+    add(name="Resends", unit=unit["Resends"], value=summary["resends"])
+    add(name="IdentityCollisions", unit=unit["IdentityCollisions"], value=summary["identity_collisions"])
     for reason, count in summary["dropped_by_reason"].items():
         add(name=f"Dropped.{reason}", unit=METRIC_FAMILIES["Dropped"], value=count)
     for reason, count in summary["quarantined_by_reason"].items():
