@@ -184,7 +184,10 @@ def test_error_and_unknown_event_types_are_dropped() -> None:
         (lambda d: d["httpStartStop"].__setitem__("applicationId", {"low": -1, "high": 0}), "unsigned"),
         (lambda d: d.pop("httpStartStop"), "no 'httpStartStop' object"),
         (lambda d: d.pop("eventType"), "no eventType"),
-        (lambda d: d.__setitem__("eventType", "HttpStartStop"), "eventType is str"),
+        (lambda d: d.__setitem__("eventType", "httpstartstop"), "eventType 'httpstartstop' is not a name"),
+        (lambda d: d.__setitem__("eventType", [4]), "eventType is list"),
+        (lambda d: d["httpStartStop"].__setitem__("method", "FETCH"), "method 'FETCH' is not a name"),
+        (lambda d: d["httpStartStop"].__setitem__("applicationId", "e7b6e4d2"), "applicationId is str"),
     ],
 )
 def test_wrong_types_are_poison_with_a_reason(mutate, detail) -> None:

@@ -324,6 +324,29 @@ cdef inline bint is_key(Span *key, const char *name, Py_ssize_t size) noexcept n
     return key.size == size and memcmp(key.start, name, size) == 0
 
 
+cdef inline uchar ascii_upper(uchar ch) noexcept nogil:
+    return ch - 32 if 97 <= ch <= 122 else ch
+
+
+cdef bint folds_to(Span *key, const char *names) noexcept nogil:
+    """True when the (plain ASCII) key equals one of the space-separated ``names`` but for ASCII case:
+    Go's decoder would read it as that field (:func:`refinery.envelope.go_view`); the fast path, which
+    matches exact keys only, then declines the record."""
+    cdef const uchar *name = <const uchar *>names
+    cdef Py_ssize_t i
+    while name[0]:
+        i = 0
+        while i < key.size and name[i] and name[i] != 32 and ascii_upper(key.start[i]) == ascii_upper(name[i]):
+            i += 1
+        if i == key.size and (name[i] == 0 or name[i] == 32):
+            return True
+        while name[0] and name[0] != 32:
+            name += 1
+        while name[0] == 32:
+            name += 1
+    return False
+
+
 cdef bint read_int(Cursor *c, Span *span, long long lo, long long hi, long long *out) noexcept nogil:
     """A JSON integer (no fraction or exponent) within [lo, hi]."""
     if c.p >= c.end or not (c.p[0] == 45 or 48 <= c.p[0] <= 57):
@@ -439,7 +462,7 @@ cdef bint scan_envelope(Cursor *c, Envelope *env) noexcept nogil:
         elif is_key(&key, "containerMetric", 15):
             if not locate_body(c, env, HAS_CONTAINER, &env.container):
                 return False
-        elif not skip_value(c):
+        elif folds_to(&key, "eventType timestamp httpStartStop logMessage containerMetric") or not skip_value(c):
             return False
     if c.depth < 0:
         return False
@@ -517,12 +540,14 @@ cdef bint scan_http(const uchar *at, const uchar *end, Http *h) noexcept nogil:
                 elif is_key(&key, "high", 4):
                     if not once(&h.seen, 256) or not read_u64(&c, &span, &h.high):
                         return False
-                elif not skip_value(&c):
+                elif folds_to(&key, "low high") or not skip_value(&c):
                     return False
             if c.depth < 0:
                 return False
             c.depth -= 1
-        elif not skip_value(&c):
+        elif folds_to(
+            &key, "startTimestamp stopTimestamp method statusCode contentLength instanceIndex applicationId"
+        ) or not skip_value(&c):
             return False
     return c.depth >= 0 and (h.seen & 3) == 3 and (h.seen & 64)
 
@@ -557,7 +582,7 @@ cdef bint scan_log(const uchar *at, const uchar *end, Log *m) noexcept nogil:
         elif is_key(&key, "source_instance", 15):
             if not once(&m.seen, 32) or not read_plain_string(&c, &m.source_instance):
                 return False
-        elif not skip_value(&c):
+        elif folds_to(&key, "timestamp message message_type app_id source_type source_instance") or not skip_value(&c):
             return False
     return c.depth >= 0 and (m.seen & 1)
 
@@ -621,7 +646,10 @@ cdef int scan_container(const uchar *at, const uchar *end, Container *m) except 
         elif is_key(&key, "diskBytesQuota", 14):
             if not once(&m.seen, 64) or not read_int(&c, &span, 0, <long long>I64_MAX, &m.disk_quota):
                 return False
-        elif not skip_value(&c):
+        elif folds_to(
+            &key,
+            "applicationId instanceIndex cpuPercentage memoryBytes diskBytes memoryBytesQuota diskBytesQuota",
+        ) or not skip_value(&c):
             return False
     return c.depth >= 0
 

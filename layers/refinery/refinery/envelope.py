@@ -145,3 +145,150 @@ def _uuid_to_guid(uuid: dict[str, Any]) -> str:
         raise Poison("bad_field", f"applicationId {uuid!r} is not a pair of unsigned 64-bit integers")
     h = (low.to_bytes(8, "little") + high.to_bytes(8, "little")).hex()
     return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+# -- What Go's encoding/json accepts: cf-metrics-refinery decoded envelopes with it. ---------------
+#
+# Go matches an object's keys to a struct's fields by exact name, else case-insensitively
+# (``bytes.EqualFold``: ASCII case, plus the Kelvin sign and long s, which fold to k and s), key by
+# key in order: the last key that matches a field wins, and an object given twice for one struct
+# field is decoded into the same struct (merged). Enums (eventType, method, message_type) take a
+# JSON number or the enum's name as a string (gogo-protobuf's ``UnmarshalJSONEnum``). The nozzle
+# writes exact keys and numbers; cf-metrics-refinery's own test fixtures spell ``HttpStartStop``.
+
+_UUID_FIELDS = ("low", "high")
+_BODY_FIELDS = {
+    "httpStartStop": (
+        "startTimestamp",
+        "stopTimestamp",
+        "method",
+        "statusCode",
+        "contentLength",
+        "instanceIndex",
+        "applicationId",
+    ),
+    "logMessage": ("timestamp", "message", "message_type", "app_id", "source_type", "source_instance"),
+    "containerMetric": (
+        "applicationId",
+        "instanceIndex",
+        "cpuPercentage",
+        "memoryBytes",
+        "diskBytes",
+        "memoryBytesQuota",
+        "diskBytesQuota",
+    ),
+}
+_ENVELOPE_FIELDS = ("eventType", "timestamp", *_BODY_FIELDS)
+METHODS = (
+    "GET POST PUT DELETE HEAD ACL BASELINE_CONTROL BIND CHECKIN CHECKOUT CONNECT COPY DEBUG LABEL LINK LOCK"
+    " MERGE MKACTIVITY MKCALENDAR MKCOL MKREDIRECTREF MKWORKSPACE MOVE OPTIONS ORDERPATCH PATCH PRI PROPFIND"
+    " PROPPATCH REBIND REPORT SEARCH SHOWMETHOD SPACEJUMP TEXTSEARCH TRACE TRACK UNBIND UNCHECKOUT UNLINK"
+    " UNLOCK UPDATE UPDATEREDIRECTREF VERSION_CONTROL"
+).split()  # the sonde-go Method enum, numbered from 1
+METHOD_NUMBERS = {name: number for number, name in enumerate(METHODS, start=1)}
+EVENT_TYPE_NAMES = {
+    "HttpStartStop": HTTP_START_STOP,
+    "LogMessage": LOG_MESSAGE,
+    "ValueMetric": VALUE_METRIC,
+    "CounterEvent": COUNTER_EVENT,
+    "Error": ERROR,
+    "ContainerMetric": CONTAINER_METRIC,
+}
+MESSAGE_TYPE_NAMES = {"OUT": 1, "ERR": 2}
+_GO_FOLD = {0x17F: "s", 0x212A: "k"}  # ſ and the Kelvin sign: the non-ASCII runes that fold into ASCII
+
+
+def go_fold(key: str) -> str | None:
+    """Go's case folding of an object key for matching ASCII field names (None: it matches none)."""
+    folded = key.translate(_GO_FOLD)
+    return folded.upper() if folded.isascii() else None
+
+
+def _by_fold(fields: tuple[str, ...]) -> dict[str, str]:
+    return {name.upper(): name for name in fields}
+
+
+Struct = tuple[dict[str, str], dict[str, "Struct"]]  # (folded key -> field, the fields that are structs)
+_UUID: Struct = (_by_fold(_UUID_FIELDS), {})
+_ENVELOPE: Struct = (
+    _by_fold(_ENVELOPE_FIELDS),
+    {
+        "httpStartStop": (_by_fold(_BODY_FIELDS["httpStartStop"]), {"applicationId": _UUID}),
+        "logMessage": (_by_fold(_BODY_FIELDS["logMessage"]), {}),
+        "containerMetric": (_by_fold(_BODY_FIELDS["containerMetric"]), {}),
+    },
+)
+_READ = frozenset((*_ENVELOPE_FIELDS, *_UUID_FIELDS, *(f for fs in _BODY_FIELDS.values() for f in fs)))
+_READ_FOLDED = frozenset(name.upper() for name in _READ)
+_VARIANT: dict[str, bool] = {}  # key -> it folds to a field name without being one (a bounded cache)
+
+
+def _has_variant(obj: dict[str, Any]) -> bool:
+    for key in obj:
+        if key in _READ:
+            continue
+        variant = _VARIANT.get(key)
+        if variant is None:
+            if len(_VARIANT) > 10_000:
+                _VARIANT.clear()
+            variant = _VARIANT[key] = go_fold(key) in _READ_FOLDED
+        if variant:
+            return True
+    return False
+
+
+def _resolve(obj: dict[str, Any], struct: Struct) -> dict[str, Any]:
+    """The fields Go fills from ``obj``'s members, in order: the last key matching a field wins, and
+    an object given again for a struct field is decoded into the struct the first one filled."""
+    by_fold, structs = struct
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        folded = go_fold(key)
+        name = by_fold.get(folded) if folded is not None else None
+        if name is None:
+            continue
+        inner = structs.get(name)
+        if inner is not None and type(value) is dict:
+            value = _resolve(value, inner)
+            before = out.get(name)
+            if type(before) is dict:
+                value = {**before, **value}
+        out[name] = value
+    return out
+
+
+def go_view(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The envelope as Go's decoder reads it, for the fields the transform reads: the same dict when
+    its keys are the exact ones (the nozzle's), else a copy with the keys resolved; enum names given
+    as strings become their numbers. Raises :class:`Poison` for an enum name that does not exist."""
+    variant = _has_variant(envelope)
+    if not variant:
+        for body_key in _BODY_FIELDS:
+            body = envelope.get(body_key)
+            if type(body) is dict and (
+                _has_variant(body)
+                or (type(body.get("applicationId")) is dict and _has_variant(body["applicationId"]))
+            ):
+                variant = True
+                break
+    if variant:
+        envelope = _resolve(envelope, _ENVELOPE)
+    event_type = envelope.get("eventType")
+    if type(event_type) is str:
+        envelope = {**envelope, "eventType": _enum(EVENT_TYPE_NAMES, event_type, "eventType")}
+    http = envelope.get("httpStartStop")
+    if type(http) is dict and type(http.get("method")) is str:
+        method = _enum(METHOD_NUMBERS, http["method"], "method")
+        envelope = {**envelope, "httpStartStop": {**http, "method": method}}
+    log = envelope.get("logMessage")
+    if type(log) is dict and type(log.get("message_type")) is str:
+        kind = _enum(MESSAGE_TYPE_NAMES, log["message_type"], "message_type")
+        envelope = {**envelope, "logMessage": {**log, "message_type": kind}}
+    return envelope
+
+
+def _enum(names: dict[str, int], value: str, field: str) -> int:
+    number = names.get(value)
+    if number is None:
+        raise Poison("bad_field", f"{field} {value[:64]!r} is not a name of the enum")
+    return number

@@ -36,19 +36,15 @@ from .envelope import (
     INT64_MAX,
     INT64_MIN,
     LOG_MESSAGE,
+    METHODS,
     VALUE_METRIC,
     Poison,
+    go_view,
     uuid_to_guid,
 )
 from .lineproto import escape_tag, format_float, tag_pair
 from .metadata.snapshot import AppInfo
 
-METHODS = (
-    "GET POST PUT DELETE HEAD ACL BASELINE_CONTROL BIND CHECKIN CHECKOUT CONNECT COPY DEBUG LABEL LINK LOCK"
-    " MERGE MKACTIVITY MKCALENDAR MKCOL MKREDIRECTREF MKWORKSPACE MOVE OPTIONS ORDERPATCH PATCH PRI PROPFIND"
-    " PROPPATCH REBIND REPORT SEARCH SHOWMETHOD SPACEJUMP TEXTSEARCH TRACE TRACK UNBIND UNCHECKOUT UNLINK"
-    " UNLOCK UPDATE UPDATEREDIRECTREF VERSION_CONTROL"
-).split()  # the sonde-go Method enum, numbered from 1
 METHOD_NAMES = {number: name for number, name in enumerate(METHODS, start=1)}
 MESSAGE_TYPES = {1: "OUT", 2: "ERR"}
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -129,7 +125,7 @@ def base64_length(text: str) -> int:
 
 
 def _instance(value: str) -> str:
-    return escape_tag(value) if value else "0"
+    return escape_tag(value) or "0"  # empty, or nothing a tag value can hold (a lone backslash)
 
 
 Point = tuple[str, int]
@@ -323,7 +319,10 @@ def _body(envelope: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def convert(envelope: dict[str, Any], lookup: Lookup) -> Point | Dropped:
-    """One envelope -> its point, or why it was dropped. Raises Poison for malformed envelopes."""
+    """One envelope -> its point, or why it was dropped. Raises Poison for malformed envelopes.
+
+    Keys and enums are read as Go's encoding/json reads them (:func:`~refinery.envelope.go_view`)."""
+    envelope = go_view(envelope)
     event_type = envelope.get("eventType")
     if type(event_type) is not int:
         if event_type is None:
@@ -351,7 +350,14 @@ def convert(envelope: dict[str, Any], lookup: Lookup) -> Point | Dropped:
         return _log(body, tags, rtr)
     if event_type == HTTP_START_STOP:
         body = _body(envelope, "httpStartStop")
-        guid = uuid_to_guid(body.get("applicationId"))
+        app_id = body.get("applicationId")
+        if app_id is None:
+            return DROP_NO_APP_ID
+        if type(app_id) is not dict:
+            raise Poison(
+                "bad_field", f"httpStartStop.applicationId is {type(app_id).__name__}, expected an object"
+            )
+        guid = uuid_to_guid(app_id)
         if not guid:
             return DROP_NO_APP_ID
         tags = lookup(guid)
