@@ -246,3 +246,24 @@ def test_every_panel_query_parses_and_returns_data(influx, which: str) -> None:
             assert apps <= set(selection["app"]), (title, apps)
             if 'GROUP BY time($__interval), "app"' in target["query"] and which == "special app":
                 assert apps == {SPECIAL_NAME}, (title, apps)
+
+
+def test_the_import_asks_for_the_influxdb_data_source_as_exported_dashboards_do() -> None:
+    """Grafana's Dashboards → Import shows a picker for every ``__inputs`` data source and replaces
+    ``${<name>}`` in the JSON with the chosen one's uid; ``__requires`` names the plugins it needs.
+    Checked as Grafana's "export for sharing externally" writes them, and by doing the substitution."""
+    text = DASHBOARD.read_text()
+    doc = json.loads(text)
+    (source,) = doc["__inputs"]
+    assert source["type"] == "datasource" and source["pluginId"] == "influxdb" and source["label"]
+    assert set(re.findall(r"\$\{(DS_\w+)\}", text)) == {source["name"]}  # every input used, none unknown
+    required = {(r["type"], r["id"]) for r in doc["__requires"]}
+    panel_types = {p["type"] for p in doc["panels"] if p["type"] != "row"}
+    assert {("grafana", "grafana"), ("datasource", "influxdb")} | {
+        ("panel", t) for t in panel_types
+    } <= required
+    imported = json.loads(text.replace("${" + source["name"] + "}", "P951FEA4DE68E13C5"))
+    (variable,) = [v for v in imported["templating"]["list"] if v["name"] == "datasource"]
+    assert variable["current"]["value"] == "P951FEA4DE68E13C5"  # the picked data source is the default
+    for _, target in panel_targets(imported):
+        assert target["datasource"]["uid"] == "${datasource}"  # panels still follow the variable

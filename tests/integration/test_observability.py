@@ -89,8 +89,24 @@ def ops(monkeypatch: pytest.MonkeyPatch, s3_bucket: str, influxdb1: Any, influx_
         monkeypatch.setenv("CF_CLIENT_ID", "refinery")
         monkeypatch.setenv("CF_CLIENT_SECRET", CC_SECRET)
         enricher.reset_runtime()
+        new_container(monkeypatch)
         yield batch, cc
         enricher.reset_runtime()
+
+
+def new_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh Lambda container as Powertools sees it: its Logger and Metrics mark the next invocation
+    as a cold start (their process-wide flags)."""
+    from aws_lambda_powertools.logging import logger as powertools_logger
+    from aws_lambda_powertools.metrics.provider import cold_start
+
+    monkeypatch.setattr(powertools_logger, "is_cold_start", True)
+    monkeypatch.setattr(cold_start, "is_cold_start", True)
+
+
+def without_cold_start(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The function's own EMF documents (Powertools adds a ColdStart one on a container's first call)."""
+    return [d for d in docs if "ColdStart" not in d]
 
 
 def _definitions(doc: dict[str, Any]) -> dict[str, str]:
@@ -150,8 +166,16 @@ def test_a_mixed_batch_emits_its_metrics_and_one_summary_line(ops, printed) -> N
     assert LAG_MS <= summary["batch_lag_ms"] <= lag_now + 1
     assert SNAPSHOT_AGE_S <= summary["snapshot_age_s"] <= SNAPSHOT_AGE_S + (time.time() - started) + 60
 
-    # --- the EMF document
-    (doc,) = docs
+    # --- Powertools' conventions: every log line carries the Lambda context and the batch's coordinates
+    for record in logs:
+        assert record["function_name"] == "refinery-local" and record["cold_start"] is True, record
+        assert record["function_request_id"] and record["partitions"] == summary["partitions"], record
+
+    # --- the EMF documents: the batch's, and Powertools' ColdStart (first invocation of a container)
+    (cold,) = [d for d in docs if "ColdStart" in d]
+    assert _value(cold, "ColdStart") == 1 and cold["function_name"] == "refinery-local"
+    assert cold["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["function_name", "service"]]
+    (doc,) = without_cold_start(docs)
     _check_emf_shape(doc)
     definitions = _definitions(doc)
     for name, unit in definitions.items():
@@ -196,10 +220,11 @@ def test_a_mixed_batch_emits_its_metrics_and_one_summary_line(ops, printed) -> N
     # --- a warm container: the second invocation answers from the warm cache and the negative cache
     enricher.handler(batch.event, LocalContext(timeout_seconds=60))
     logs, docs = printed()
+    assert not [d for d in docs if "ColdStart" in d] and all(r["cold_start"] is False for r in logs)
     (line,) = [r for r in logs if r["message"] == "batch done"]
     assert line["summary"]["metadata"]["cache"] == tiers["snapshot"] + tiers["live"]
     assert line["summary"]["metadata"]["negative"] == 1
-    (doc,) = docs
+    (doc,) = without_cold_start(docs)
     _check_emf_shape(doc)
     assert _value(doc, "HitRatio.cache") == round(100 * (resolved - 1) / resolved, 2)
     assert _value(doc, "HitRatio.negative") == round(100 / resolved, 2)
@@ -226,7 +251,7 @@ def test_a_failed_batch_logs_the_error_its_cause_and_offsets_and_counts_a_failur
     }
     assert line["batch_lag_ms"] >= LAG_MS
     assert not [r for r in logs if r["message"] == "batch done"]
-    (doc,) = docs
+    (doc,) = without_cold_start(docs)
     _check_emf_shape(doc)
     assert _definitions(doc) == {"BatchFailures": "Count"}
     assert _value(doc, "BatchFailures") == 1
@@ -238,7 +263,7 @@ def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures
     logs, docs = printed()
     (line,) = [r for r in logs if r["message"] == "metadata refresh done"]
     assert line["summary"]["apps"] == len(batch.foundation.apps) == summary["apps"]
-    (doc,) = docs
+    (doc,) = without_cold_start(docs)
     _check_emf_shape(doc)
     assert _definitions(doc) == REFRESH_METRICS
     assert _value(doc, "RefreshApps") == len(batch.foundation.apps)
@@ -255,7 +280,7 @@ def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures
     (line,) = [r for r in logs if r["level"] == "ERROR"]
     assert line["message"] == "metadata refresh failed; the previous snapshot is unchanged"
     assert line["error"].startswith("CloudControllerAuthError: POST /uaa/oauth/token: HTTP 401")
-    (doc,) = docs
+    (doc,) = without_cold_start(docs)
     _check_emf_shape(doc)
     assert _value(doc, "RefreshFailures") == 1
     assert set(_definitions(doc)) == {"RefreshFailures", "RefreshSeconds"}

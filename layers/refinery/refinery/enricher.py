@@ -127,9 +127,12 @@ def reset_runtime(new: Runtime | None = None) -> None:
     _runtime = new
 
 
-@metrics.log_metrics
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(clear_state=True)
 @trace_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # Every line of this invocation carries the request id, cold_start and the batch's coordinates.
+    logger.append_keys(partitions=partition_ranges(event) if isinstance(event, dict) else {})
     try:
         rt = runtime()
         info = describe(event)

@@ -31,7 +31,8 @@ metrics = make_metrics()
 TIME_RESERVE = 5.0
 
 
-@metrics.log_metrics
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(clear_state=True)
 @trace_handler
 def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     try:
