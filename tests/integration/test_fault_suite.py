@@ -19,29 +19,38 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import orjson
 import pytest
 from faults import (
+    APPS,
+    BATCH_SIZE,
+    GUIDS,
+    KEY,
     POINT_KINDS,
+    SNAPSHOT,
     WEEK_A_NS,
     WEEK_B_NS,
     Generated,
+    RecordOracle,
+    Stack,
     accounted,
+    assert_distinct_identities,
+    assert_each_record_once,
     count_points,
     deliver,
     deliver_partial,
+    event_values,
     expected_lines,
-    make_apps,
+    make_stack,
     make_values,
     pass_then_fail,
-    quarantine_objects,
     quarantined_records,
     records_from,
     reference_points,
     requests_to_isolate,
     snapshot_of,
-    stored,
+    stored_points,
+    twin,
     uuid_pair,
     wait_until,
 )
@@ -65,66 +74,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:No application metrics to publish"),
 ]
 
-APPS = make_apps(5)
-GUIDS = list(APPS)
-SNAPSHOT = snapshot_of(APPS)
-BATCH_SIZE = 50
 RECORDS = 360  # 240 points (4 kinds of 6 make one) -> 5 chunks of at most 50 lines
 POINTS = RECORDS * 4 // 6
-KEY = "metadata/apps.json.gz"
-CLEARED_ENV = (
-    "METADATA_FILE",
-    "METADATA_KEY",
-    "QUARANTINE_BUCKET",
-    "QUARANTINE_PREFIX",
-    "INFLUX_TOKEN",
-    "INFLUX_ORG",
-    "INFLUX_BUCKET",
-    "INFLUX_USERNAME",
-    "INFLUX_PASSWORD",
-    "INFLUX_RETENTION_POLICY",
-    "CF_API_URL",
-    "CF_CLIENT_ID",
-    "CF_CLIENT_SECRET",
-    "CF_UAA_URL",
-    "REPORT_BATCH_ITEM_FAILURES",
-    "MAX_RECORD_AGE_SECONDS",
-    "LIVE_LOOKUP_MAX",
-    "LIVE_LOOKUP_BUDGET",
-)
-
-
-@dataclass
-class Stack:
-    influx: InfluxDB1Server
-    db: str
-    proxy: FaultProxy
-    bucket: str
-    monkeypatch: pytest.MonkeyPatch
-
-    @property
-    def s3(self) -> Any:
-        return boto3.client("s3")
-
-    def put_snapshot(self, data: bytes = SNAPSHOT) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=KEY, Body=data)
-
-    def points(self) -> dict[str, list[dict[str, Any]]]:
-        return stored(self.influx, self.db)
-
-    def expected(self, event: dict[str, Any], snapshot: bytes = SNAPSHOT) -> dict[str, list[dict[str, Any]]]:
-        return reference_points(self.influx, expected_lines(event, snapshot).lines)
-
-    def quarantine(self, bucket: str | None = None) -> dict[str, bytes]:
-        return quarantine_objects(self.s3, bucket or self.bucket)
-
-    def seed_conflict(self) -> None:
-        """``response_size`` as a string in week B's shard: later integer writes there conflict."""
-        self.influx.write(self.db, f'http_request,app=seed response_size="text" {WEEK_B_NS - 1}')
-
-    def setenv(self, **values: str) -> None:
-        for name, value in values.items():
-            self.monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
@@ -137,22 +88,7 @@ def proxy(influxdb1: InfluxDB1Server) -> Iterator[FaultProxy]:
 
 @pytest.fixture
 def stack(monkeypatch, influxdb1, influx_db, proxy, s3_bucket) -> Stack:
-    for name in CLEARED_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("INFLUX_URL", proxy.url)
-    monkeypatch.setenv("INFLUX_DATABASE", influx_db)
-    monkeypatch.setenv("METADATA_BUCKET", s3_bucket)
-    monkeypatch.setenv("INFLUX_BATCH_SIZE", str(BATCH_SIZE))
-    # Chunks one by one: most scenarios count the requests in the order they arrive. Those marked
-    # with WRITE_CONCURRENCY also run with several chunks in flight at once (the default is 2).
-    monkeypatch.setenv("INFLUX_WRITE_CONCURRENCY", "1")
-    monkeypatch.setenv("INFLUX_TIMEOUT", "1s")
-    monkeypatch.setenv("FLUSH_TIME_RESERVE", "1s")
-    monkeypatch.setenv("INFLUX_MAX_RETRY_WAIT", "500ms")
-    monkeypatch.setenv("SNAPSHOT_CHECK_INTERVAL", "100ms")
-    s = Stack(influxdb1, influx_db, proxy, s3_bucket, monkeypatch)
-    s.put_snapshot()
-    return s
+    return make_stack(monkeypatch, influxdb1, influx_db, proxy, s3_bucket)
 
 
 def standard(count: int = RECORDS, **kwargs: Any) -> tuple[Generated, dict[str, Any]]:
@@ -598,32 +534,45 @@ def test_partial_batch_response_keeps_refused_lines_of_acknowledged_chunks(stack
 
 
 def test_partial_batch_response_keeps_both_records_of_a_timestamp_collision(stack, invoke):
-    """Regression, found by this suite (failed on commit 0a46ca6): with REPORT_BATCH_ITEM_FAILURES, two
-    different records of one batch that share a point identity are told apart by moving the later one +1
-    ns (pipeline.transform_batch); when the failure falls between them, only the later record is
-    redelivered, is transformed alone, keeps the original timestamp and overwrites the acknowledged
-    point of the earlier record: one record is lost."""
+    """Two different records of one series at one event time, A acknowledged (the last line of chunk 2)
+    and B not (the first of chunk 3): with REPORT_BATCH_ITEM_FAILURES only B is redelivered, alone. Both
+    survive, because a point's time comes from its own record (the event time, its last digits from the
+    record's bytes: refinery.identity), never from the batch it came in.
+
+    Regression, found by this suite (failed on commit 0a46ca6): the later of two colliding records of a
+    batch was told apart by moving it +1 ns; redelivered alone, it kept the original timestamp and
+    overwrote the acknowledged point of the earlier record: one record was lost."""
     stack.setenv(REPORT_BATCH_ITEM_FAILURES="true")
     generated, event = standard()
     order = point_records_in_order(generated)
-    # A is the last line of chunk 2 (acknowledged), B the first of chunk 3 (not acknowledged).
     (key_a, offset_a), (key_b, offset_b) = order[2 * BATCH_SIZE - 1], order[2 * BATCH_SIZE]
     assert key_a == key_b == "cf-firehose-0"
     records = event["records"][key_a]
-    twin = orjson.loads(base64.b64decode(records[offset_a]["value"]))
-    body = twin.get("httpStartStop") or twin.get("logMessage") or twin["containerMetric"]
-    for name in ("contentLength", "message", "memoryBytes"):
-        if name in body:
-            body[name] = body[name] + 1 if isinstance(body[name], int) else b64(b"another message")
-    records[offset_b]["value"] = b64(orjson.dumps(twin))  # same series and time as A, other fields
+    oracle = RecordOracle(SNAPSHOT)
+    a = base64.b64decode(records[offset_a]["value"])
+    b = twin(a)  # same series and event time as A, other fields
+    records[offset_b]["value"] = b64(b)
+    values = event_values(event)
+    assert_distinct_identities(values, oracle, "the records of the batch (A and its twin B)")
     full = expected_lines(event, SNAPSHOT)
-    assert full.result.timestamp_adjusted == 1
+    assert full.result.identity_collisions == full.result.resends == 0
+    # The point times come from the records: A's and B's lines are each record's own, at distinct times
+    # within the microsecond of their common event time.
+    line_a, line_b = full.lines[2 * BATCH_SIZE - 1], full.lines[2 * BATCH_SIZE]
+    assert (line_a, line_b) == (oracle.line(a), oracle.line(b))
+    time_a, time_b = int(line_a.rsplit(" ", 1)[1]), int(line_b.rsplit(" ", 1)[1])
+    assert time_a != time_b and time_a // 1000 == time_b // 1000
     expected = reference_points(stack.influx, full.lines)
     pass_then_fail(stack.proxy, 2, 10_000)
-    deliver_partial(invoke, event, timeout=2.5, recover=lambda n, r: stack.proxy.clear())
+    runs = deliver_partial(invoke, event, timeout=2.5, recover=lambda n, r: stack.proxy.clear())
+    assert len(runs) == 2
+    again = runs[1][0]["records"][key_b]
+    assert again[0]["offset"] <= offset_b < offset_a + len(again)  # B was redelivered, A committed
+    assert offset_a < again[0]["offset"]
     got = stack.points()
-    assert count_points(got) == count_points(expected) == POINTS  # actual: one point short (B over A)
+    assert count_points(got) == count_points(expected) == POINTS
     assert got == expected
+    assert_each_record_once(stored_points(stack.influx, stack.db), values, oracle)
 
 
 def test_a_record_that_cannot_be_encoded_is_quarantined_not_a_poison_pill(stack, invoke):

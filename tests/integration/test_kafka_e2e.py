@@ -1,8 +1,13 @@
 """End to end as an operator runs it: ``refinery produce`` → Tansu → ``refinery consume`` → InfluxDB 1.x.
 
-Real broker, real InfluxDB, the real enricher, the commands as subprocesses. Every expected point
-(computed by ``refinery events`` + ``refinery invoke enricher --dry-run`` over the very envelopes the
-producer sent) must be in InfluxDB exactly once, and nothing else:
+Real broker, real InfluxDB, the real enricher, the commands as subprocesses. What is produced
+(``refinery produce --file``) is synthetic traffic with the hazards of point identity mixed in: distinct
+events of one series in one nanosecond (the next line, so in the next partition), and byte-identical
+re-sends of a record, right after it (in the next partition) or 400 records later (another batch). Every
+expected point (computed by ``refinery events`` + ``refinery invoke enricher --dry-run`` over the very
+envelopes the producer sent, one batch in which the re-sends are counted as such; and per record by
+``faults.RecordOracle``) must be in InfluxDB exactly once, and nothing else: every distinct record stored
+exactly once, a re-send never twice, however the consumer cuts, retries and redelivers the batches:
 
 (a) a plain run; (b) InfluxDB stopped in the middle of the run and started again: the consumer
 retries without committing and finishes; (c) the consumer SIGKILLed in the middle of the run and
@@ -24,6 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import (
+    MEASUREMENTS,
+    RecordOracle,
+    assert_distinct_identities,
+    assert_each_record_once,
+    parse_line,
+    printed_result,
+    stored_points,
+    twin_apart,
+)
 
 from refinery.devtools.servers import InfluxDB1Server
 from refinery.devtools.tansu import TansuServer
@@ -31,9 +46,7 @@ from refinery.devtools.tansu import TansuServer
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MEASUREMENTS = ("http_request", "log", "instance")
-COUNT = 1500
-SIZES = ["--orgs", "2", "--spaces", "2", "--apps", "4", "--seed", "11"]
+COUNT = 1500  # synthetic envelopes; the hazards come on top
 DROPPED_KINDS = ("value_metric", "counter_event")
 CLEAN = {
     k: v
@@ -41,81 +54,20 @@ CLEAN = {
     if not k.startswith(("INFLUX_", "METADATA_", "CF_", "QUARANTINE", "AWS_", "POWERTOOLS_", "REFINERY_"))
 }
 
-Point = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, Any], ...], int]
-
 
 def refinery(*args: str) -> list[str]:
     return [sys.executable, "-m", "refinery.cli", *args]
 
 
-# ----------------------------------------------------------------------------------- line protocol
+# ------------------------------------------------------------------------------------------ checks
 
 
-def _split(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside quotes and not escaped by a backslash."""
-    parts, current, quoted, i = [], [], False, 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            current.append(text[i : i + 2])
-            i += 2
-            continue
-        if char == '"':
-            quoted = not quoted
-        if char == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    parts.append("".join(current))
-    return parts
-
-
-def _unescape(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ' ,="\\':
-            out.append(text[i + 1])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def _field(value: str) -> Any:
-    if value.endswith("i"):
-        return int(value[:-1])
-    if value.startswith('"'):
-        return _unescape(value[1:-1])
-    if value in ("t", "T", "true", "True", "f", "F", "false", "False"):
-        return value[0] in "tT"
-    return float(value)
-
-
-def parse_line(line: str) -> Point:
-    key, fields, stamp = _split(line, " ")
-    measurement, *tags = _split(key, ",")
-    tag_pairs = tuple(sorted((_unescape(k), _unescape(v)) for k, v in (_split(t, "=") for t in tags)))
-    field_pairs = tuple(
-        sorted((_unescape(k), _field(v)) for k, v in (_split(f, "=") for f in _split(fields, ",")))
-    )
-    return (_unescape(measurement), tag_pairs, field_pairs, int(stamp))
-
-
-def stored_points(influx: InfluxDB1Server, db: str) -> Counter[Point]:
-    points: Counter[Point] = Counter()
-    for measurement in MEASUREMENTS:
-        for p in influx.points(db, measurement):
-            points[
-                (measurement, tuple(sorted(p["tags"].items())), tuple(sorted(p["fields"].items())), p["time"])
-            ] += 1
-    return points
-
-
-def assert_exactly(influx: InfluxDB1Server, db: str, expected: Counter[Point]) -> None:
+def assert_exactly(influx: InfluxDB1Server, db: str, workload: dict[str, Any]) -> None:
+    """Every distinct record stored exactly once (per record, by the oracle), and exactly the points that
+    the dry run of the whole file prints."""
     got = stored_points(influx, db)
+    assert_each_record_once(got, workload["values"], workload["oracle"])
+    expected = workload["expected"]
     missing, extra = expected - got, got - expected
     assert not missing and not extra, (
         f"{sum(missing.values())} expected point(s) missing, {sum(extra.values())} unexpected;"
@@ -131,19 +83,49 @@ def point_count(influx: InfluxDB1Server, db: str) -> int:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
+def with_hazards(
+    envelopes: list[tuple[str, bytes]], oracle: RecordOracle
+) -> tuple[list[tuple[str, bytes]], int, int]:
+    """The synthetic envelopes with, after some that make points, a distinct event of the same series in
+    the same nanosecond (every 20th; half of them with the same line), a byte-identical re-send right
+    after (every 30th) or 400 records later (every 30th): (the records, twins, re-sends)."""
+    taken = {oracle.identity(v) for _, v in envelopes if oracle.line(v) is not None}
+    out: list[tuple[str, bytes]] = []
+    later: dict[int, list[tuple[str, bytes]]] = {}
+    twins = resends = 0
+    for i, (kind, value) in enumerate(envelopes):
+        out.append((kind, value))
+        out.extend(later.pop(i, []))
+        if kind in DROPPED_KINDS:
+            continue
+        if i % 20 == 5:
+            out.append((kind, twin_apart(value, oracle, taken, same_fields=twins % 2 == 1)))
+            twins += 1
+        if i % 30 == 11:
+            out.append((kind, value))
+            resends += 1
+        elif i % 30 == 26 and i + 400 < len(envelopes):
+            later.setdefault(i + 400, []).append((kind, value))
+            resends += 1
+    assert not later
+    return out, twins, resends
+
+
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The envelopes every scenario produces (same seed and count), their snapshot and expected points."""
+    """The envelopes every scenario produces (``--file``), their snapshot and expected points."""
     from refinery.localkafka.synthetic import SyntheticTraffic
 
     folder = tmp_path_factory.mktemp("kafka-e2e")
     sent, snapshot, event = folder / "sent.jsonl", folder / "snapshot.json.gz", folder / "event.json"
-    # What `refinery produce --synthetic` with SIZES sends (each scenario checks its --save copy is
-    # byte for byte this), and the snapshot its --write-snapshot writes.
-
+    # What `refinery produce --synthetic --orgs 2 --spaces 2 --apps 4 --seed 11` sends, the snapshot its
+    # --write-snapshot writes, and the hazards (each scenario checks its --save copy is byte for byte this).
     traffic = SyntheticTraffic(2, 2, 4, seed=11)
-    envelopes = list(traffic.envelopes(COUNT))
-    sent.write_bytes(b"".join(v + b"\n" for _, v in envelopes))
+    oracle = RecordOracle(traffic.snapshot())
+    envelopes, twins, resends = with_hazards(list(traffic.envelopes(COUNT)), oracle)
+    values = [v for _, v in envelopes]
+    assert_distinct_identities(values, oracle, "the produced records (synthetic traffic and twins)")
+    sent.write_bytes(b"".join(v + b"\n" for v in values))
     snapshot.write_bytes(traffic.snapshot())
     done = subprocess.run(
         refinery("events", "--input", str(sent), "--output", str(event), "--partitions", "3"),
@@ -165,14 +147,24 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     expected = Counter(parse_line(line) for line in done.stdout.splitlines())
     dropped = sum(1 for kind, _ in envelopes if kind in DROPPED_KINDS)
-    assert sum(expected.values()) == len(expected) == COUNT - dropped  # one distinct point per record
-    kinds = [kind for kind, _ in envelopes]
+    distinct = oracle.points(values)
+    # One point per distinct record, the same as the per-record oracle's; the re-sends (all in this one
+    # batch) counted as such, and no identity shared.
+    assert sum(expected.values()) == len(expected) == len(values) - dropped - resends == len(distinct)
+    assert expected == Counter(distinct.values())
+    summary = printed_result(done.stderr)["summary"]
+    assert (summary["resends"], summary["identity_collisions"]) == (resends, 0), summary
+    assert twins >= 40 and resends >= 80
     return {
         "sent": sent.read_bytes(),
+        "file": sent,
+        "count": len(values),
+        "values": values,
+        "oracle": oracle,
         "snapshot": snapshot,
         "expected": expected,
         "dropped": dropped,
-        "kinds": kinds,
+        "kinds": [kind for kind, _ in envelopes],
     }
 
 
@@ -229,9 +221,11 @@ class Consumer:
         return "\n".join(self.lines[-40:])
 
 
-def produce(tansu: TansuServer, topic: str, folder: Path, *extra: str) -> subprocess.Popen[str]:
-    args = ["produce", "--bootstrap", tansu.bootstrap, "--topic", topic, "--synthetic", *SIZES]
-    args += ["--count", str(COUNT), "--partitions", "3", "--save", str(folder / f"{topic}.jsonl"), *extra]
+def produce(
+    tansu: TansuServer, topic: str, folder: Path, workload: dict[str, Any], *extra: str
+) -> subprocess.Popen[str]:
+    args = ["produce", "--bootstrap", tansu.bootstrap, "--topic", topic, "--file", str(workload["file"])]
+    args += ["--partitions", "3", "--save", str(folder / f"{topic}.jsonl"), *extra]
     return subprocess.Popen(
         refinery(*args), env=CLEAN, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -240,7 +234,7 @@ def produce(tansu: TansuServer, topic: str, folder: Path, *extra: str) -> subpro
 def produced(process: subprocess.Popen[str], folder: Path, topic: str, workload: dict[str, Any]) -> None:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    assert f"produced {COUNT:,} records" in err
+    assert f"produced {workload['count']:,} records" in err
     assert (folder / f"{topic}.jsonl").read_bytes() == workload["sent"]  # exactly the expected envelopes
 
 
@@ -290,16 +284,19 @@ def test_a_plain_run_writes_every_point_exactly_once(
     tansu: TansuServer, influxdb1: InfluxDB1Server, influx_db: str, workload, consumer_env, tmp_path: Path
 ) -> None:
     topic = "e2e-plain"
-    produced(produce(tansu, topic, tmp_path), tmp_path, topic, workload)
+    produced(produce(tansu, topic, tmp_path, workload), tmp_path, topic, workload)
     consumer = Consumer(
         tansu, topic, "e2e-plain", consumer_env, tmp_path, "--idle-exit", "1.5", "--source", "msk"
     )
     summary = consumer.wait()
-    assert summary["records"] == COUNT and summary["retries"] == 0
-    assert summary["written"] == summary["points"] == COUNT - workload["dropped"]
+    count = workload["count"]
+    assert summary["records"] == count and summary["retries"] == 0
+    assert summary["written"] == count - workload["dropped"]
+    # A re-send in the batch of its original is one point; in another batch, the same point again.
+    assert len(workload["expected"]) <= summary["points"] <= summary["written"]
     assert summary["dropped"] == workload["dropped"] and summary["quarantined"] == 0
-    assert sum(summary["committed"].values()) == COUNT and summary["lag"] == 0
-    assert_exactly(influxdb1, influx_db, workload["expected"])
+    assert sum(summary["committed"].values()) == count and summary["lag"] == 0
+    assert_exactly(influxdb1, influx_db, workload)
     assert any(line.startswith("  records") for line in consumer.lines)  # the summary table
 
 
@@ -331,7 +328,7 @@ def test_influxdb_stopped_mid_run_is_retried_without_commit_until_it_is_back(
     )  # fmt: skip
     try:
         consumer.wait_assigned()
-        producer = produce(tansu, topic, tmp_path, "--rate", "500")
+        producer = produce(tansu, topic, tmp_path, workload, "--rate", "500")
         wait_for_points(influxdb1, influx_db, 200, consumer)
         influxdb1.stop(keep_data=True)
         try:
@@ -358,8 +355,9 @@ def test_influxdb_stopped_mid_run_is_retried_without_commit_until_it_is_back(
     else:
         assert summary["failed_invocations"] >= 1 and summary["partial_batches"] == 0, consumer.log()
         assert any("failed (FlushError" in line for line in consumer.lines), consumer.log()
-    assert summary["records"] == COUNT and sum(summary["committed"].values()) == COUNT
-    assert_exactly(influxdb1, influx_db, workload["expected"])
+    count = workload["count"]
+    assert summary["records"] == count and sum(summary["committed"].values()) == count
+    assert_exactly(influxdb1, influx_db, workload)
 
 
 def test_a_killed_consumer_restarted_with_its_group_leaves_no_gap_and_no_duplicate(
@@ -371,12 +369,12 @@ def test_a_killed_consumer_restarted_with_its_group_leaves_no_gap_and_no_duplica
     second: Consumer | None = None
     try:
         first.wait_assigned()
-        producer = produce(tansu, topic, tmp_path, "--rate", "500")
+        producer = produce(tansu, topic, tmp_path, workload, "--rate", "500")
         wait_for_points(influxdb1, influx_db, 300, first)
         first.kill()
         time.sleep(0.5)  # a commit request already sent before the kill still lands
         acknowledged = committed(tansu, group)
-        assert 0 < acknowledged < COUNT
+        assert 0 < acknowledged < workload["count"]
         second = Consumer(tansu, topic, group, consumer_env, tmp_path, "--idle-exit", "2")
         produced(producer, tmp_path, topic, workload)
         summary = second.wait(timeout=90)
@@ -385,6 +383,6 @@ def test_a_killed_consumer_restarted_with_its_group_leaves_no_gap_and_no_duplica
         if second is not None:
             second.kill()
     # The second run starts exactly at the committed offsets: it sees every record not committed, once.
-    assert summary["records"] == COUNT - acknowledged, second.log()
-    assert sum(summary["committed"].values()) == COUNT
-    assert_exactly(influxdb1, influx_db, workload["expected"])
+    assert summary["records"] == workload["count"] - acknowledged, second.log()
+    assert sum(summary["committed"].values()) == workload["count"]
+    assert_exactly(influxdb1, influx_db, workload)
