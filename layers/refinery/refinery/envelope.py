@@ -276,11 +276,12 @@ def go_view(envelope: dict[str, Any]) -> dict[str, Any]:
     event_type = envelope.get("eventType")
     if type(event_type) is str:
         envelope = {**envelope, "eventType": _enum(EVENT_TYPE_NAMES, event_type, "eventType")}
-    http = envelope.get("httpStartStop")
+    event_type = envelope.get("eventType")  # the body of this type is the only one read
+    http = envelope.get("httpStartStop") if event_type == HTTP_START_STOP else None
     if type(http) is dict and type(http.get("method")) is str:
         method = _enum(METHOD_NUMBERS, http["method"], "method")
         envelope = {**envelope, "httpStartStop": {**http, "method": method}}
-    log = envelope.get("logMessage")
+    log = envelope.get("logMessage") if event_type == LOG_MESSAGE else None
     if type(log) is dict and type(log.get("message_type")) is str:
         kind = _enum(MESSAGE_TYPE_NAMES, log["message_type"], "message_type")
         envelope = {**envelope, "logMessage": {**log, "message_type": kind}}
