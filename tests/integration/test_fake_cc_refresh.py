@@ -12,6 +12,7 @@ import boto3
 import orjson
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from refinery.devtools.fake_cc import FakeCloudController, Foundation, _paginate, _Reply
 from refinery.metadata.cc_client import (
@@ -20,7 +21,9 @@ from refinery.metadata.cc_client import (
     CloudControllerUnavailable,
 )
 from refinery.metadata.refresh import RefreshResult, SnapshotRefused, refresh_snapshot
-from refinery.metadata.snapshot import decode_snapshot, encode_snapshot
+from refinery.metadata.snapshot import CHECKED_AT_TAG, decode_snapshot, encode_snapshot
+from refinery.metadata.store import MetadataStore, S3SnapshotSource
+from refinery.observability import snapshot_age_s
 
 pytestmark = pytest.mark.integration
 
@@ -114,13 +117,13 @@ def test_failure_on_page_n_leaves_previous_snapshot_untouched(
     _refresh(client, s3, s3_bucket)
     before = _stored(s3, s3_bucket)
     foundation.rename_app(next(iter(foundation.apps)), "would-change-the-snapshot")
-    cc.fail_page(3, status=503)
+    cc.fail_listing_after(cc.list_requests + 2, status=503)  # the third page of this refresh
 
-    with pytest.raises(CloudControllerUnavailable, match=r"page=3.*503"):
+    with pytest.raises(CloudControllerUnavailable, match=r"created_ats%5Bgte%5D=.*503"):
         _refresh(client, s3, s3_bucket, now=datetime(2026, 11, 21, 11, 0, tzinfo=UTC))
 
     assert _stored(s3, s3_bucket) == before
-    assert [r.query.get("page") for r in cc.requests if r.path == "/v3/apps"][-3:] == ["3", "3", "3"]
+    assert [r.status for r in cc.requests if r.path == "/v3/apps"][-5:] == [200, 200, 503, 503, 503]
 
 
 def test_auth_failure_leaves_previous_snapshot_untouched(
@@ -187,8 +190,10 @@ def test_empty_listing_does_not_replace_a_populated_snapshot(
     s3.put_object(Bucket=s3_bucket, Key=KEY, Body=encode_snapshot(previous, "old", NOW))
     for guid in list(foundation.apps):
         foundation.delete_app(guid)
-    with pytest.raises(SnapshotRefused, match="3 of the 3"):
+    with pytest.raises(SnapshotRefused, match="listed no apps at all") as caught:
         _refresh(client, s3, s3_bucket)
+    assert "the current snapshot has 3 apps" in str(caught.value)
+    assert decode_snapshot(_stored(s3, s3_bucket)).apps == previous
 
 
 def test_invalid_max_app_loss_rejected(client: CloudControllerClient, s3, s3_bucket: str) -> None:
@@ -364,7 +369,7 @@ def test_the_refresh_runs_with_the_collector_paused_and_restores_it(
     assert gc.isenabled()
     _refresh(client, s3, s3_bucket)
     assert seen == [False] and gc.isenabled()
-    cc.fail_page(2, status=500, count=10)
+    cc.fail_listing_after(cc.list_requests + 1, status=500, count=10)
     with pytest.raises(CloudControllerUnavailable):
         _refresh(client, s3, s3_bucket)
     assert gc.isenabled()
@@ -375,3 +380,122 @@ def test_the_refresh_runs_with_the_collector_paused_and_restores_it(
         assert not gc.isenabled()  # left as it was
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------- issue 15: scopes, versions, age
+
+
+def test_an_empty_listing_is_refused_naming_the_scopes_then_written_when_forced(
+    cc: FakeCloudController, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    """A client with cloud_controller.read and no role gets a real 200 with no apps: with no previous
+    snapshot to compare with, that must not become the published snapshot."""
+    cc.add_client("reader", "reader-secret", scope="cloud_controller.read")
+    reader = CloudControllerClient(cc.url, "reader", "reader-secret", per_page=25)
+    with pytest.raises(SnapshotRefused) as caught:
+        _refresh(reader, s3, s3_bucket)
+    message = str(caught.value)
+    assert "listed no apps at all for UAA client 'reader'" in message
+    assert "its token's scopes: cloud_controller.read" in message
+    assert "cloud_controller.admin_read_only or cloud_controller.global_auditor" in message
+    assert "reader-secret" not in message
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket=s3_bucket, Key=KEY)
+
+    result = _refresh(reader, s3, s3_bucket, force=True)  # an operator who knows the foundation is empty
+    assert result.apps == 0 and "forced despite an empty listing" in result.reason
+    assert decode_snapshot(_stored(s3, s3_bucket)).apps == {}
+
+    cc.add_client("dev", "dev-secret", scope="cloud_controller.read", spaces=[next(iter(foundation.spaces))])
+    dev = CloudControllerClient(cc.url, "dev", "dev-secret", per_page=25)
+    assert _refresh(dev, s3, s3_bucket).apps == 10  # one space's apps: not empty, so not refused
+
+
+def _versions(s3, bucket: str) -> list[dict]:
+    return s3.list_object_versions(Bucket=bucket, Prefix=KEY).get("Versions", [])
+
+
+def _checked_at(s3, bucket: str) -> str | None:
+    tags = s3.get_object_tagging(Bucket=bucket, Key=KEY)["TagSet"]
+    return next((t["Value"] for t in tags if t["Key"] == CHECKED_AT_TAG), None)
+
+
+def test_an_unchanged_listing_writes_no_new_version_and_the_snapshot_age_still_tells_a_working_refresh(
+    client: CloudControllerClient, foundation: Foundation, s3, s3_bucket: str
+) -> None:
+    s3.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    t = [datetime(2026, 11, 21, 10, minute, tzinfo=UTC) for minute in (0, 10, 20, 30, 40)]
+    store = MetadataStore(S3SnapshotSource(s3_bucket, KEY, client=s3), check_interval=0)
+
+    def age_at(moment: datetime) -> float | None:  # what the enricher reports as SnapshotAge
+        store.refresh_if_due()
+        return snapshot_age_s(store.current_as_of(), now=moment.timestamp())
+
+    first = _refresh(client, s3, s3_bucket, now=t[0])
+    assert first.written and len(_versions(s3, s3_bucket)) == 1
+    assert _checked_at(s3, s3_bucket) == "2026-11-21T10:00:00Z"
+    assert age_at(t[1]) == 600
+    etag = s3.head_object(Bucket=s3_bucket, Key=KEY)["ETag"]
+
+    second = _refresh(client, s3, s3_bucket, now=t[1])  # nothing changed in the foundation
+    assert not second.written and not second.replaced and "unchanged" in second.reason
+    assert len(_versions(s3, s3_bucket)) == 1 and s3.head_object(Bucket=s3_bucket, Key=KEY)["ETag"] == etag
+    assert decode_snapshot(_stored(s3, s3_bucket)).generated_at == "2026-11-21T10:00:00Z"
+    assert _checked_at(s3, s3_bucket) == second.checked_at == "2026-11-21T10:10:00Z"
+    assert age_at(t[2]) == 600  # a working refresh: 10 minutes since it last listed the same content
+
+    foundation.rename_app(next(iter(foundation.apps)), "renamed")
+    third = _refresh(client, s3, s3_bucket, now=t[2])
+    assert third.written and third.replaced and len(_versions(s3, s3_bucket)) == 2
+    assert age_at(t[3]) == 600
+    assert store.snapshot is not None and store.snapshot.generated_at == "2026-11-21T10:20:00Z"
+
+    # a stuck refresh (failing, or not running): nothing new is recorded, the age grows
+    assert age_at(t[4]) == 1200
+    # a refresh that publishes what the enricher cannot load: it keeps its copy, and that copy's age
+    s3.put_object(
+        Bucket=s3_bucket, Key=KEY, Body=b"not gzip", Tagging=f"{CHECKED_AT_TAG}=2026-11-21T10:40:00Z"
+    )
+    assert age_at(t[4]) == 1200 and store.stats.failures == 1
+
+
+def test_when_tagging_is_refused_an_unchanged_snapshot_is_written_again(
+    client: CloudControllerClient, s3, s3_bucket: str
+) -> None:
+    """Without the tagging permission (a stack updated halfway), a new version keeps the age right."""
+    _refresh(client, s3, s3_bucket, now=NOW)
+
+    class NoTagging:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def put_object_tagging(self, **kwargs) -> None:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObjectTagging")
+
+    later = datetime(2026, 11, 21, 10, 10, tzinfo=UTC)
+    result = _refresh(client, NoTagging(s3), s3_bucket, now=later)
+    assert result.written and "tagging failed (AccessDenied)" in result.reason
+    assert decode_snapshot(_stored(s3, s3_bucket)).generated_at == "2026-11-21T10:10:00Z"
+
+
+def test_the_refresh_handler_reports_an_unchanged_snapshot(
+    cc: FakeCloudController, s3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refinery import refresher
+    from refinery.devtools.lambda_context import LocalContext
+
+    for name, value in {
+        "METADATA_BUCKET": s3_bucket,
+        "CF_API_URL": cc.url,
+        "CF_CLIENT_ID": "refinery",
+        "CF_CLIENT_SECRET": SECRET,
+    }.items():
+        monkeypatch.setenv(name, value)
+    first = refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+    second = refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+    assert first["written"] is True and second["written"] is False
+    assert second["checked_at"] >= first["checked_at"] and second["apps"] == first["apps"] == 120
+    assert _checked_at(s3, s3_bucket) == second["checked_at"]

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import gc
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
 import requests
 
-from refinery.devtools.fake_cc import FakeCloudController, Foundation, Space
+from refinery.devtools.fake_cc import FakeCloudController, Foundation, Space, java_url_decode
 from refinery.metadata.cc_client import (
     CloudControllerAuthError,
     CloudControllerClient,
@@ -77,12 +78,16 @@ def test_list_apps_across_pages_joins_names(cc: FakeCloudController, foundation:
     apps, stats = client.list_apps()
 
     assert apps == foundation.app_infos()
-    assert stats.pages == 9  # 60 apps, 7 per page
+    # keyset pages: 7 apps, then 6 new ones each (the boundary app is read again): 7 + 9 × 6 >= 60
+    assert stats.pages == 10 and stats.duplicates == 9 and stats.resources == 69
     assert (stats.apps, stats.spaces, stats.orgs) == (60, 6, 3)
-    assert stats.dropped == 0 and stats.duplicates == 0
+    assert stats.dropped == 0
     pages = [r for r in cc.requests if r.path == "/v3/apps"]
-    assert [r.query.get("page", "1") for r in pages] == [str(n) for n in range(1, 10)]
     assert all(r.query["include"] == "space.organization" and r.query["per_page"] == "7" for r in pages)
+    assert all(r.query["order_by"] == "created_at" and "page" not in r.query for r in pages)
+    by_time = sorted(foundation.apps.values(), key=lambda a: (a.created_at, a.guid))
+    cursors = [r.query.get("created_ats[gte]") for r in pages]
+    assert cursors == [None] + [by_time[6 * n + 6].created_at for n in range(9)]
 
 
 def test_list_apps_keeps_stopped_apps(cc: FakeCloudController, foundation: Foundation) -> None:
@@ -94,13 +99,77 @@ def test_list_apps_keeps_stopped_apps(cc: FakeCloudController, foundation: Found
 
 def test_iter_app_pages_yields_raw_v3_pages(cc: FakeCloudController) -> None:
     pages = list(make_client(cc, per_page=25).iter_app_pages())
-    assert len(pages) == 3
+    assert [len(p["resources"]) for p in pages] == [25, 25, 12]  # 25 + 24 + 11 new apps
     first, last = pages[0]["pagination"], pages[-1]["pagination"]
     assert first["total_results"] == 60 and first["total_pages"] == 3
     assert first["previous"] is None and "page=2" in first["next"]["href"]
-    assert last["next"] is None and "page=2" in last["previous"]["href"]
+    assert last["next"] is None and last["total_results"] == 12
     assert {"spaces", "organizations"} <= pages[0]["included"].keys()
-    assert sum(len(p["resources"]) for p in pages) == 60
+    assert pages[0]["resources"][-1]["guid"] == pages[1]["resources"][0]["guid"]
+
+
+def _churn(foundation: Foundation) -> Callable[[int], None]:
+    """After the first page: 3 of its apps deleted and 2 created, as blue-green deploys do all day."""
+
+    def hook(request: int) -> None:
+        if request == 1:
+            for app in sorted(foundation.apps.values(), key=lambda a: (a.created_at, a.guid))[:3]:
+                foundation.delete_app(app.guid)
+            space = next(iter(foundation.spaces))
+            foundation.add_app("blue-green-1", space)
+            foundation.add_app("blue-green-2", space)
+
+    return hook
+
+
+def test_keyset_listing_misses_no_app_when_apps_are_deleted_and_created_between_pages(
+    cc: FakeCloudController, foundation: Foundation
+) -> None:
+    cc.after_list_request(_churn(foundation))
+    before = foundation.app_infos()
+    apps, _ = make_client(cc, per_page=10).list_apps()
+    after = foundation.app_infos()
+    throughout = before.keys() & after.keys()
+    assert len(throughout) == 57
+    assert throughout <= apps.keys()  # every app that lived for the whole listing
+    assert {a.name for a in apps.values()} >= {"blue-green-1", "blue-green-2"}  # created after the cursor
+    assert before.keys() <= apps.keys()  # the 3 deleted ones had been read before they went
+
+
+def test_the_fake_shifts_offset_pages_under_deletions_as_the_cloud_controller_does(
+    cc: FakeCloudController, foundation: Foundation
+) -> None:
+    """CC pages by LIMIT/OFFSET over the live table (sequel_paginator.rb), and so does the fake: a walk
+    of the ``next`` links, what the client did before, skips one live app per app deleted from a page
+    already read."""
+    cc.after_list_request(_churn(foundation))
+    token = requests.post(
+        cc.uaa_url + "/oauth/token",
+        auth=("refinery", SECRET),
+        data={"grant_type": "client_credentials"},
+        timeout=5,
+    ).json()["access_token"]
+    before = foundation.app_infos()
+    url: str | None = f"{cc.url}/v3/apps?per_page=10"
+    seen: set[str] = set()
+    while url:
+        page = requests.get(url, headers={"Authorization": f"bearer {token}"}, timeout=5).json()
+        seen.update(r["guid"] for r in page["resources"])
+        url = page["pagination"]["next"]["href"] if page["pagination"]["next"] else None
+    missed = (before.keys() & foundation.app_infos().keys()) - seen
+    assert len(missed) == 3
+
+
+def test_apps_created_in_one_second_beyond_a_page_are_walked_by_offset() -> None:
+    """More than per_page apps with one created_at (one-second resolution) cannot be told apart by the
+    cursor: the client walks that second with page=2, 3, ... and then goes on by keyset."""
+    bulk = Foundation.generate(orgs=2, spaces_per_org=2, apps_per_space=15, seed=5, apps_per_second=20)
+    with FakeCloudController(bulk, client_secret=SECRET) as server:
+        apps, stats = make_client(server, per_page=7).list_apps()
+        assert apps == bulk.app_infos()
+        queries = [r.query for r in server.requests if r.path == "/v3/apps"]
+        assert any(q.get("page") == "3" for q in queries)  # a second of 20 apps, 7 per page
+        assert stats.pages == len(queries)
 
 
 def test_apps_whose_space_or_org_is_missing_are_counted(
@@ -117,7 +186,7 @@ def test_apps_whose_space_or_org_is_missing_are_counted(
 
     assert (stats.missing_space, stats.missing_org, stats.dropped) == (2, 1, 3)
     assert set(stats.unresolved) == ghosts | {orphan.guid}
-    assert stats.resources == 63 and stats.apps == len(apps) == 60
+    assert stats.resources == 63 + stats.duplicates and stats.apps == len(apps) == 60
     assert not (ghosts | {orphan.guid}) & apps.keys()
 
 
@@ -181,11 +250,11 @@ def test_explicit_uaa_url_skips_discovery(cc: FakeCloudController) -> None:
 
 def test_token_is_cached_across_pages_and_calls(cc: FakeCloudController, foundation: Foundation) -> None:
     client = make_client(cc)
-    client.list_apps()
+    _, stats = client.list_apps()
     for guid in list(foundation.apps)[:5]:
         client.get_app(guid)
     assert cc.token_requests == 1
-    assert cc.count(prefix="/v3/") == 9 + 5
+    assert cc.count(prefix="/v3/") == stats.pages + 5
 
 
 def test_token_renewed_after_server_side_expiry(cc: FakeCloudController) -> None:
@@ -316,14 +385,16 @@ def test_plain_text_502_retried(cc: FakeCloudController) -> None:
 def test_persistent_5xx_on_page_n_aborts(cc: FakeCloudController) -> None:
     sleeps = Sleeps()
     client = make_client(cc, per_page=10, sleep=sleeps, max_attempts=4)
-    cc.fail_page(3, status=503)
+    cc.fail_listing_after(2, status=503)
     with pytest.raises(CloudControllerUnavailable) as caught:
         client.list_apps()
     message = str(caught.value)
-    assert "/v3/apps?" in message and "page=3" in message and "503" in message and "4 attempts" in message
+    assert "/v3/apps?" in message and "created_ats%5Bgte%5D" in message
+    assert "503" in message and "4 attempts" in message
     assert caught.value.status == 503
-    page_queries = [r.query.get("page", "1") for r in cc.requests if r.path == "/v3/apps"]
-    assert page_queries == ["1", "2", "3", "3", "3", "3"]  # nothing after the failing page
+    listing = [r for r in cc.requests if r.path == "/v3/apps"]
+    assert [r.status for r in listing] == [200, 200, 503, 503, 503, 503]  # nothing after the failing page
+    assert len({r.query["created_ats[gte]"] for r in listing[2:]}) == 1  # the same page, retried
     assert len(sleeps.waits) == 3
 
 
@@ -331,7 +402,7 @@ def test_retry_that_would_pass_the_deadline_raises_immediately(cc: FakeCloudCont
     clock = FakeClock()
     sleeps = Sleeps(clock)
     client = make_client(cc, clock=clock, sleep=sleeps, backoff_base=5.0)
-    cc.fail_page(2, status=500)
+    cc.fail_listing_after(1, status=500)
     with pytest.raises(CloudControllerUnavailable, match="deadline"):
         client.list_apps(deadline=clock.now + 1.0)
     assert sleeps.waits == []
@@ -416,16 +487,18 @@ def test_x_ratelimit_reset_alone_is_honoured() -> None:
     assert client._retry_hint(resp) is None
 
 
-def test_pagination_links_are_kept_on_the_api_origin() -> None:
-    client = CloudControllerClient("https://api.example.org", "id", "secret")
-    same = "https://api.example.org/v3/apps?page=2&per_page=5000"
-    assert client._rebase(same) == same
-    assert (
-        client._rebase("https://elsewhere.example.net:8443/v3/apps?page=3&per_page=5000")
-        == "https://api.example.org/v3/apps?page=3&per_page=5000"
-    )
-    with pytest.raises(CloudControllerError):
-        client._rebase("https://elsewhere.example.net/steal?page=2")
+def test_the_listing_never_follows_links_to_another_host(foundation: Foundation) -> None:
+    """CC builds its pagination links from its external domain, not the host called: the keyset listing
+    builds its own requests on the configured API URL, so the token never goes to that other host."""
+    with FakeCloudController(
+        foundation, client_secret=SECRET, external_url="https://api.sys.example"
+    ) as server:
+        apps, stats = make_client(server, per_page=10).list_apps()
+        assert apps == foundation.app_infos() and stats.pages == 7
+        page = requests.get(
+            f"{server.url}/v3/apps?per_page=10", headers=_token_for(server, "refinery", SECRET), timeout=5
+        ).json()
+        assert page["pagination"]["next"]["href"].startswith("https://api.sys.example/v3/apps?")
 
 
 def test_constructor_validates_and_repr_hides_secret() -> None:
@@ -468,9 +541,226 @@ def test_listing_pauses_the_collector_and_leaves_it_as_it_was(
         apps, _ = client.list_apps()
         assert apps == foundation.app_infos() and seen and not any(seen)
         assert gc.isenabled() is enabled
-        cc.fail_page(2, status=500)
+        cc.fail_listing_after(cc.list_requests + 1, status=500)
         with pytest.raises(CloudControllerUnavailable):
             make_client(cc, max_attempts=1).list_apps()
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+# ------------------------------------------------------- the real UAA and CC behaviours (issue 15)
+
+#: What `openssl rand -base64 24` gives, with a "%" and a ":" besides: UAA URL-decodes Basic credentials.
+AWKWARD_SECRET = "k9+Vd/Q2x%4Z==:é+"
+
+
+def _raw_basic(server: FakeCloudController, client_id: str, secret: str) -> requests.Response:
+    """A token request with the raw id and secret in Basic (UTF-8, as UAA reads them), not URL-encoded."""
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return requests.post(
+        server.uaa_url + "/oauth/token",
+        headers={"Authorization": f"Basic {basic}"},
+        data={"grant_type": "client_credentials"},
+        timeout=5,
+    )
+
+
+def test_uaa_url_decodes_basic_credentials_so_the_client_encodes_them() -> None:
+    foundation = Foundation.generate(orgs=1, spaces_per_org=1, apps_per_space=3, seed=1)
+    with FakeCloudController(foundation, client_id="refinery+ops", client_secret=AWKWARD_SECRET) as server:
+        client = CloudControllerClient(server.url, "refinery+ops", AWKWARD_SECRET, sleep=Sleeps())
+        apps, _ = client.list_apps()
+        assert apps == foundation.app_infos()
+
+        plus = _raw_basic(server, "refinery+ops", AWKWARD_SECRET.replace("%", ""))  # "+" becomes " "
+        assert plus.status_code == 401
+        assert plus.json() == {"error": "unauthorized", "error_description": "Bad credentials"}
+        stray = _raw_basic(server, "refinery+ops", AWKWARD_SECRET)  # "%4Z" is not an escape
+        assert stray.status_code == 401
+        assert stray.json()["error_description"] == "Failed to URL Decode credentials"
+        form = requests.post(  # the form body is decoded once, by the form
+            server.uaa_url + "/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "refinery+ops",
+                "client_secret": AWKWARD_SECRET,
+            },
+            timeout=5,
+        )
+        assert form.status_code == 200
+
+    with FakeCloudController(
+        foundation,
+        client_id="refinery+ops",
+        client_secret=AWKWARD_SECRET,
+        uri_encoding_compatibility_mode=True,
+    ) as server:
+        # compatibility mode decodes only when asked to: the client's X-CF-ENCODED-CREDENTIALS header
+        assert CloudControllerClient(server.url, "refinery+ops", AWKWARD_SECRET).list_apps()[0]
+        assert _raw_basic(server, "refinery+ops", AWKWARD_SECRET).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [("a+b", "a b"), ("%2B%25", "+%"), ("%C3%A9t%C3%A9", "été"), ("%+1", "\x01"), ("plain", "plain")],
+)
+def test_the_fake_decodes_as_javas_url_decoder(encoded: str, decoded: str) -> None:
+    assert java_url_decode(encoded) == decoded
+
+
+@pytest.mark.parametrize("bad", ["%", "abc%4", "%zz", "%-1", "x%G0"])
+def test_the_fake_refuses_what_javas_url_decoder_refuses(bad: str) -> None:
+    with pytest.raises(ValueError, match="URLDecoder"):
+        java_url_decode(bad)
+
+
+def _token_for(server: FakeCloudController, client_id: str, secret: str) -> dict[str, str]:
+    token = requests.post(
+        server.uaa_url + "/oauth/token",
+        auth=(client_id, secret),
+        data={"grant_type": "client_credentials"},
+        timeout=5,
+    ).json()["access_token"]
+    return {"Authorization": f"bearer {token}"}
+
+
+def test_visibility_follows_the_tokens_scopes_and_the_clients_roles(
+    cc: FakeCloudController, foundation: Foundation
+) -> None:
+    spaces = list(foundation.spaces)
+    cc.add_client("reader", "r", scope="cloud_controller.read")  # no role anywhere
+    cc.add_client("dev", "d", scope="cloud_controller.read", spaces=[spaces[0]])
+    cc.add_client("auditor", "a", scope="cloud_controller.global_auditor")
+    cc.add_client("other", "o", scope="uaa.resource")
+
+    empty = requests.get(f"{cc.url}/v3/apps", headers=_token_for(cc, "reader", "r"), timeout=5)
+    assert empty.status_code == 200 and empty.json()["resources"] == []
+    assert empty.json()["pagination"]["total_results"] == 0
+    dev = requests.get(f"{cc.url}/v3/apps?per_page=100", headers=_token_for(cc, "dev", "d"), timeout=5).json()
+    assert {r["relationships"]["space"]["data"]["guid"] for r in dev["resources"]} == {spaces[0]}
+    hidden = next(a for a in foundation.apps.values() if a.space_guid != spaces[0])
+    not_found = requests.get(f"{cc.url}/v3/apps/{hidden.guid}", headers=_token_for(cc, "dev", "d"), timeout=5)
+    assert not_found.status_code == 404 and not_found.json()["errors"][0]["title"] == "CF-ResourceNotFound"
+    every = requests.get(f"{cc.url}/v3/apps?per_page=100", headers=_token_for(cc, "auditor", "a"), timeout=5)
+    assert len(every.json()["resources"]) == 60
+    refused = requests.get(f"{cc.url}/v3/apps", headers=_token_for(cc, "other", "o"), timeout=5)
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "errors": [
+            {
+                "detail": "You are not authorized to perform the requested action",
+                "title": "CF-NotAuthorized",
+                "code": 10003,
+            }
+        ]
+    }
+
+
+def test_a_client_without_a_global_read_scope_lists_nothing_and_is_warned_about(
+    cc: FakeCloudController, caplog: pytest.LogCaptureFixture
+) -> None:
+    cc.add_client("reader", "r", scope="cloud_controller.read")
+    client = CloudControllerClient(cc.url, "reader", "r")
+    apps, _ = client.list_apps()
+    assert apps == {} and client.granted_scopes == ("cloud_controller.read",)
+    assert "cloud_controller.admin_read_only or cloud_controller.global_auditor" in caplog.text
+
+
+def test_a_403_names_the_scopes_the_client_needs(cc: FakeCloudController) -> None:
+    cc.add_client("other", "o-secret", scope="uaa.resource openid")
+    with pytest.raises(CloudControllerAuthError) as caught:
+        CloudControllerClient(cc.url, "other", "o-secret").list_apps()
+    message = str(caught.value)
+    assert "403 CF-NotAuthorized" in message and "uaa.resource openid" in message
+    assert "cloud_controller.admin_read_only or cloud_controller.global_auditor" in message
+    assert "o-secret" not in message
+
+
+def test_max_total_results_is_a_400_as_cc_words_it(foundation: Foundation) -> None:
+    with FakeCloudController(foundation, client_secret=SECRET, max_total_results=50) as server:
+        headers = _token_for(server, "refinery", SECRET)
+        for query in ("per_page=51", "page=2&per_page=30", "page=51"):
+            resp = requests.get(f"{server.url}/v3/apps?{query}", headers=headers, timeout=5)
+            assert resp.status_code == 400, query
+            assert resp.json()["errors"] == [
+                {
+                    "detail": "The query parameter is invalid: Maximum result (page * per_page) must be less"
+                    " than 50",
+                    "title": "CF-BadQueryParameter",
+                    "code": 10005,
+                }
+            ]
+        ok = requests.get(f"{server.url}/v3/apps?page=2&per_page=25", headers=headers, timeout=5)
+        assert ok.status_code == 200  # 50 is not "more than" 50
+        both = requests.get(
+            f"{server.url}/v3/apps?page=0&per_page=x&order_by=guid", headers=headers, timeout=5
+        )
+        assert both.json()["errors"][0]["detail"] == (
+            "The query parameter is invalid: Page must be a positive integer, Per page must be a positive"
+            " integer, Order by can only be: 'created_at', 'updated_at', 'name', 'state'"
+        )
+        unknown = requests.get(f"{server.url}/v3/apps?fields[apps]=name", headers=headers, timeout=5)
+        assert unknown.status_code == 400 and "Unknown query parameter(s): 'fields'" in unknown.text
+
+
+def test_the_client_lowers_per_page_to_max_total_results(
+    foundation: Foundation, caplog: pytest.LogCaptureFixture
+) -> None:
+    with FakeCloudController(foundation, client_secret=SECRET, max_total_results=25) as server:
+        client = make_client(server, per_page=5000)
+        apps, stats = client.list_apps()
+        assert apps == foundation.app_infos()
+        assert stats.per_page == 25
+        statuses = [(r.status, r.query["per_page"]) for r in server.requests if r.path == "/v3/apps"]
+        assert statuses[0] == (400, "5000") and all(s == (200, "25") for s in statuses[1:])
+        assert "max_total_results" in caplog.text
+
+
+def test_a_second_of_apps_beyond_max_total_results_is_an_error_that_says_so() -> None:
+    bulk = Foundation.generate(orgs=1, spaces_per_org=1, apps_per_space=30, seed=2, apps_per_second=30)
+    with (
+        FakeCloudController(bulk, client_secret=SECRET, max_total_results=20) as server,
+        pytest.raises(CloudControllerError, match=r"caps page × per_page at 20.*within one second"),
+    ):
+        make_client(server, per_page=10).list_apps()
+
+
+def test_rate_limit_headers_and_a_429_retried_after_its_seconds(foundation: Foundation) -> None:
+    with FakeCloudController(
+        foundation, client_secret=SECRET, scope="cloud_controller.global_auditor"
+    ) as server:
+        server.enable_rate_limiting(limit=4, interval=1.0)
+        headers = _token_for(server, "refinery", SECRET)
+        first = requests.get(f"{server.url}/v3/apps", headers=headers, timeout=5)
+        assert first.headers["X-RateLimit-Limit"] == "4" and first.headers["X-RateLimit-Remaining"] == "3"
+        assert int(first.headers["X-RateLimit-Reset"]) >= int(time.time())
+        for _ in range(3):
+            requests.get(f"{server.url}/v3/apps", headers=headers, timeout=5)
+        limited = requests.get(f"{server.url}/v3/apps", headers=headers, timeout=5)
+        assert limited.status_code == 429 and limited.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert limited.json()["errors"][0]["title"] == "CF-RateLimitExceeded"
+        assert int(limited.headers["Retry-After"]) <= 1  # seconds until the window ends
+        sleeps = Sleeps()
+        client = make_client(server, per_page=10, sleep=lambda s: (sleeps(s), time.sleep(s)))
+        apps, _ = client.list_apps()  # 7 pages at 4 per second: waits as told, then goes on
+        assert apps == foundation.app_infos() and sleeps.waits and max(sleeps.waits) <= 1.0
+    with FakeCloudController(foundation, client_secret=SECRET) as server:  # admin_read_only is exempt
+        server.enable_rate_limiting(limit=1, interval=60.0)
+        headers = _token_for(server, "refinery", SECRET)
+        for _ in range(3):
+            resp = requests.get(f"{server.url}/v3/apps", headers=headers, timeout=5)
+            assert resp.status_code == 200 and "X-RateLimit-Limit" not in resp.headers
+
+
+def test_gorouters_plain_text_503_is_retried_like_the_cloud_controllers(cc: FakeCloudController) -> None:
+    sleeps = Sleeps()
+    client = make_client(cc, sleep=sleeps)
+    client.get_app("warm-up-token")
+    cc.fail_next(2, status=503, router=True)
+    headers = _token_for(cc, "refinery", SECRET)
+    raw = requests.get(f"{cc.url}/v3/apps", headers=headers, timeout=5)
+    assert raw.status_code == 503 and raw.headers["X-Cf-Routererror"] == "no_endpoints"
+    assert raw.text.startswith("503 Service Unavailable: Requested route (")
+    apps, _ = client.list_apps()
+    assert len(apps) == 60 and len(sleeps.waits) == 1

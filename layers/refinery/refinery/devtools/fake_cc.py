@@ -1,20 +1,45 @@
 """A faithful fake Cloud Controller v3 + UAA, served over HTTP on 127.0.0.1, for tests and local runs.
 
-Response shapes follow cloudfoundry/cloud_controller_ng (docs/v3, errors/v2.yml, middleware/rate_limiter.rb)
-and UAA's ``/oauth/token``: paginated lists with real ``first``/``last``/``next``/``previous`` hrefs,
-``include=space`` / ``include=space.organization`` with ``included.spaces`` / ``included.organizations``,
-``{"errors": [{"code", "title", "detail"}]}`` error bodies, per_page validated to 1..5000, 401
-``CF-NotAuthenticated`` (no token) / ``CF-InvalidAuthToken`` (unknown or expired token).
+It follows the servers' sources (cloudfoundry/cloud_controller_ng and cloudfoundry/uaa; see
+``../shared/reference/real-cloud-controller.md`` for the facts and their paths), not the client's
+assumptions:
+
+* **UAA** ``/oauth/token`` (client credentials): HTTP Basic credentials are base64-decoded, then
+  **URL-decoded** as ``ClientBasicAuthenticationFilter`` does (Java's ``URLDecoder``: ``+`` is a space,
+  a stray ``%`` is ``401 Failed to URL Decode credentials``), unless ``uri_encoding_compatibility_mode``
+  and no ``X-CF-ENCODED-CREDENTIALS: true`` header; form-body ``client_id``/``client_secret`` are taken
+  as the form decodes them. Bad credentials: ``401 {"error":"unauthorized","error_description":"Bad
+  credentials"}``.
+* **Lists are LIMIT/OFFSET over the live data** (``sequel_paginator.rb``): a page is computed from the
+  foundation as it is when the request arrives, so an app deleted from a page already read shifts every
+  later page. ``order_by`` (``created_at``, ``updated_at``, ``name``, ``state``, ``+``/``-``) sorts, then
+  ``guid`` breaks ties; the default order is creation order. ``created_ats``/``updated_ats`` filter by a
+  list of timestamps or one relational operator (``[lt]``, ``[lte]``, ``[gt]``, ``[gte]``).
+* ``max_total_results`` (an operator cap; none by default): ``page × per_page`` above it is ``400
+  CF-BadQueryParameter`` "Maximum result (page * per_page) must be less than N" (``list_message.rb``).
+* **Scope-based visibility** (``application_controller.rb``, ``permissions.rb``): a token with
+  ``cloud_controller.admin``, ``.admin_read_only`` or ``.global_auditor`` reads everything; one with only
+  ``cloud_controller.read`` sees the apps and spaces of the spaces it has roles in (200 with an empty
+  list when none) and a GET of another app is 404; a token with none of these scopes gets ``403
+  CF-NotAuthorized``. See :meth:`FakeCloudController.add_client`.
+* Error bodies ``{"errors": [{"detail", "title", "code"}]}`` as ``errors/v2.yml`` words them; query
+  validation messages as ``list_message.rb`` and ``base_message.rb`` word them.
+* Rate limiting (:meth:`FakeCloudController.enable_rate_limiting`, ``base_rate_limiter.rb``): every
+  limited response carries ``X-RateLimit-Limit``/``-Reset``/``-Remaining``; past the limit, ``429``
+  ``text/plain`` with a JSON ``CF-RateLimitExceeded`` body and ``Retry-After`` in seconds; admin and
+  admin_read_only tokens are exempt unless an admin limit is set.
 
 Faults are thread-safe switches that can be flipped while the server runs::
 
     with FakeCloudController(Foundation.generate(orgs=2, spaces_per_org=2, apps_per_space=5)) as cc:
-        cc.fail_page(2, status=503)      # every request for page 2 of /v3/apps fails
+        cc.fail_page(2, status=503)      # every request for page=2 of /v3/apps fails
+        cc.fail_listing_after(3, 503)    # /v3/apps list requests fail once 3 of them have succeeded
         cc.rate_limit(3, retry_after=1)  # the next 3 /v3 requests answer 429
         cc.fail_next(2, status=502)      # the next 2 /v3 requests fail
         cc.latency(0.2)                  # every response is delayed
         cc.expire_all_tokens()           # issued tokens become invalid (401)
         cc.down(); cc.up()               # connections are dropped without a response
+        cc.after_list_request(hook)      # hook(n) runs after the n-th /v3/apps list was answered
 """
 
 from __future__ import annotations
@@ -24,6 +49,7 @@ import binascii
 import contextlib
 import math
 import random
+import re
 import secrets
 import socket
 import struct
@@ -34,6 +60,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from operator import attrgetter
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -111,27 +138,32 @@ class Foundation:
         apps_per_space: int = 5,
         seed: int = 0,
         stopped_every: int = 0,
+        apps_per_second: int = 1,
     ) -> Foundation:
         """A deterministic foundation: names ``org-O``, ``space-O-S``, ``app-O-S-A``; GUIDs from ``seed``.
 
-        Every ``stopped_every``-th app (if > 0) is ``STOPPED``. 100 000 apps take well under a second.
+        Every ``stopped_every``-th app (if > 0) is ``STOPPED``. Resources are created one second apart,
+        apps ``apps_per_second`` at a time (CC's timestamps have one-second resolution: a bulk import
+        gives many apps the same ``created_at``). 100 000 apps take well under a second.
         """
+        if apps_per_second < 1:
+            raise ValueError("apps_per_second must be at least 1")
         rng = random.Random(seed)
         foundation = cls()
         foundation._rng = random.Random(seed + 1)
-        counter = 0
+        tick = 0
         for o in range(orgs):
-            org = Org(_guid(rng), f"org-{o}", _timestamp(counter), _timestamp(counter))
+            org = Org(_guid(rng), f"org-{o}", _timestamp(tick), _timestamp(tick))
             foundation.orgs[org.guid] = org
             for s in range(spaces_per_org):
-                counter += 1
-                space = Space(
-                    _guid(rng), f"space-{o}-{s}", org.guid, _timestamp(counter), _timestamp(counter)
-                )
+                tick += 1
+                space = Space(_guid(rng), f"space-{o}-{s}", org.guid, _timestamp(tick), _timestamp(tick))
                 foundation.spaces[space.guid] = space
-                stamp = _timestamp(counter)
                 for a in range(apps_per_space):
                     index = len(foundation.apps) + 1
+                    if (index - 1) % apps_per_second == 0:
+                        tick += 1
+                        stamp = _timestamp(tick)
                     state = "STOPPED" if stopped_every and index % stopped_every == 0 else "STARTED"
                     app = App(_guid(rng), f"app-{o}-{s}-{a}", space.guid, state, stamp, stamp)
                     foundation.apps[app.guid] = app
@@ -273,27 +305,46 @@ def _bad_query(detail: str) -> _Reply:
 
 
 _UNKNOWN_REQUEST = (404, 10000, "NotFound", "Unknown request")
-_APP_LIST_PARAMS = frozenset(
-    {
-        "page",
-        "per_page",
-        "order_by",
-        "include",
-        "guids",
-        "names",
-        "space_guids",
-        "organization_guids",
-        "label_selector",
-        "created_ats",
-        "updated_ats",
-        "lifecycle_type",
-        "stacks",
-    }
+_NOT_AUTHORIZED = (403, 10003, "NotAuthorized", "You are not authorized to perform the requested action")
+_APP_LIST_PARAMS = (  # apps_list_message.rb: its keys, then the list and filtering keys it inherits
+    "names",
+    "guids",
+    "organization_guids",
+    "space_guids",
+    "stacks",
+    "include",
+    "lifecycle_type",
+    "label_selector",
+    "page",
+    "per_page",
+    "order_by",
+    "created_ats",
+    "updated_ats",
 )
-_SPACE_LIST_PARAMS = frozenset(
-    {"page", "per_page", "order_by", "include", "guids", "names", "organization_guids"}
+_SPACE_LIST_PARAMS = ("names", "guids", "organization_guids", "include", "page", "per_page", "order_by")
+_ORG_LIST_PARAMS = ("names", "guids", "page", "per_page", "order_by")
+#: ``order_by`` values (list_message.rb: created_at, updated_at; apps_list_message.rb adds name, state).
+_APP_ORDER_BY = ("created_at", "updated_at", "name", "state")
+_ORDER_BY = ("created_at", "updated_at", "name")
+_RELATIONAL = ("lt", "lte", "gt", "gte")
+_TIMESTAMP = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
+#: Token scopes that read the whole foundation (permissions.rb ``can_read_globally?``).
+GLOBAL_READ_SCOPES = (
+    "cloud_controller.admin",
+    "cloud_controller.admin_read_only",
+    "cloud_controller.global_auditor",
 )
-_ORG_LIST_PARAMS = frozenset({"page", "per_page", "order_by", "guids", "names"})
+#: Scopes the rate limiter treats as admin (base_rate_limiter.rb ``admin?``).
+_RATE_LIMIT_ADMIN_SCOPES = ("cloud_controller.admin", "cloud_controller.admin_read_only")
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """Who a valid token belongs to, and what it may read (None: everything)."""
+
+    client_id: str
+    scopes: frozenset[str]
+    readable_spaces: frozenset[str] | None
 
 
 class FakeCloudController:
@@ -308,19 +359,39 @@ class FakeCloudController:
         expires_in: int = 43199,
         scope: str = "cloud_controller.admin_read_only",
         host: str = "127.0.0.1",
+        max_total_results: int | None = None,
+        uri_encoding_compatibility_mode: bool = False,
+        external_url: str | None = None,
     ) -> None:
         self.foundation = foundation if foundation is not None else Foundation()
-        self.clients: dict[str, str] = {client_id: client_secret}
+        #: client id -> secret (UAA's client registrations); see :meth:`add_client` for scopes and roles.
+        self.clients: dict[str, str] = {}
+        self.client_scopes: dict[str, str] = {}
+        self.client_spaces: dict[str, frozenset[str]] = {}  # spaces where the client has a space role
+        self.client_managed_orgs: dict[str, frozenset[str]] = {}  # orgs where it is org manager
+        self.add_client(client_id, client_secret, scope=scope)
         self.expires_in = expires_in
-        self.scope = scope
+        #: CC's ``renderer.max_total_results`` (None: no cap, the default).
+        self.max_total_results = max_total_results
+        #: UAA's ``authentication.enableUriEncodingCompatibilityMode`` (false by default).
+        self.uri_encoding_compatibility_mode = uri_encoding_compatibility_mode
+        #: CC's ``external_protocol://external_domain``, which its pagination links carry whatever host
+        #: was called (paginated_list_presenter.rb); None: the URL it serves on.
+        self.external_url = external_url
         self._host = host
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self._token_clients: dict[str, str] = {}  # token -> client id
+        self._list_requests = 0  # /v3/apps list requests answered 200
+        self._list_hook: Callable[[int], None] | None = None
+        self._listing_failure: tuple[int, int, int | None] | None = None  # (after, status, remaining)
+        self._rate_limiting: dict[str, Any] | None = None
+        self._rate_counts: dict[str, tuple[int, float]] = {}  # client id -> (count, window end, epoch s)
         self._log: list[RequestRecord] = []
         self._down = False
         self._latency = 0.0
         self._page_failures: dict[int, list[int | None]] = {}  # page -> [status, remaining or None]
-        self._next_failures: list[tuple[int, str]] = []  # (status, path prefix), one per request
+        self._next_failures: list[tuple[int, str, bool]] = []  # (status, path prefix, gorouter), one each
         self._rate_limited = 0
         self._retry_after = 1
         self._retry_after_epoch = False
@@ -373,6 +444,34 @@ class FakeCloudController:
     def uaa_url(self) -> str:
         return f"{self.url}/uaa"
 
+    # -- clients ------------------------------------------------------------------------------------
+
+    def add_client(
+        self,
+        client_id: str,
+        secret: str,
+        *,
+        scope: str = "cloud_controller.read",
+        spaces: Iterable[str] = (),
+        managed_orgs: Iterable[str] = (),
+    ) -> None:
+        """Register a UAA client with the authorities ``scope`` (space-separated) and CC roles: a space
+        role in each of ``spaces``, org manager of each of ``managed_orgs`` (which reads all their spaces)."""
+        self.clients[client_id] = secret
+        self.client_scopes[client_id] = scope
+        self.client_spaces[client_id] = frozenset(spaces)
+        self.client_managed_orgs[client_id] = frozenset(managed_orgs)
+
+    def enable_rate_limiting(
+        self, limit: int = 2000, *, interval: float = 3600.0, admin_limit: int | None = None
+    ) -> None:
+        """CC's rate limiter: ``limit`` requests per client per ``interval`` seconds (CC configures
+        minutes), with the ``X-RateLimit-*`` headers on every limited response; admin and admin_read_only
+        tokens are exempt unless ``admin_limit`` is set."""
+        with self._lock:
+            self._rate_limiting = {"limit": limit, "interval": interval, "admin_limit": admin_limit}
+            self._rate_counts.clear()
+
     # -- faults -------------------------------------------------------------------------------------
 
     def fail_page(self, page: int, status: int = 503, count: int | None = None) -> None:
@@ -380,21 +479,38 @@ class FakeCloudController:
         with self._lock:
             self._page_failures[page] = [status, count]
 
-    def rate_limit(self, count: int, retry_after: int = 1, *, retry_after_epoch: bool = False) -> None:
-        """The next ``count`` /v3 requests answer 429 like CC's rate limiter.
+    def fail_listing_after(self, answered: int, status: int = 503, count: int | None = None) -> None:
+        """``/v3/apps`` list requests fail with ``status`` once ``answered`` of them have been answered 200
+        (``count`` times, or until cleared): a listing that breaks part-way, whatever its paging."""
+        with self._lock:
+            self._listing_failure = (answered, status, count)
 
-        ``Retry-After`` carries ``retry_after`` seconds, or — as the real Cloud Controller does — the reset
-        time in epoch seconds when ``retry_after_epoch``. ``X-RateLimit-Reset`` is always epoch seconds.
+    def after_list_request(self, hook: Callable[[int], None] | None) -> None:
+        """Run ``hook(n)`` after the n-th ``/v3/apps`` list request was answered 200 (before the next
+        request is read): e.g. delete apps between two pages, as users do during a real listing."""
+        with self._lock:
+            self._list_hook = hook
+
+    def rate_limit(self, count: int, retry_after: int = 1, *, retry_after_epoch: bool = False) -> None:
+        """The next ``count`` /v3 requests answer 429 like CC's rate limiter (a fault: any client).
+
+        ``Retry-After`` carries ``retry_after`` seconds, as the Cloud Controller does since commit 411ab44c11
+        (2023-05-16), or the reset time in epoch seconds as it did before, when ``retry_after_epoch``.
+        ``X-RateLimit-Reset`` is always epoch seconds.
         """
         with self._lock:
             self._rate_limited = count
             self._retry_after = retry_after
             self._retry_after_epoch = retry_after_epoch
 
-    def fail_next(self, count: int, status: int = 503, path_prefix: str = "/v3/") -> None:
-        """The next ``count`` requests whose path starts with ``path_prefix`` fail with ``status``."""
+    def fail_next(
+        self, count: int, status: int = 503, path_prefix: str = "/v3/", *, router: bool = False
+    ) -> None:
+        """The next ``count`` requests whose path starts with ``path_prefix`` fail with ``status``; with
+        ``router``, as gorouter answers when no Cloud Controller instance is registered (plain text,
+        ``X-Cf-Routererror: no_endpoints``) instead of the Cloud Controller's own error body."""
         with self._lock:
-            self._next_failures.extend([(status, path_prefix)] * count)
+            self._next_failures.extend([(status, path_prefix, router)] * count)
 
     def latency(self, seconds: float) -> None:
         with self._lock:
@@ -404,6 +520,12 @@ class FakeCloudController:
         with self._lock:
             for token in self._tokens:
                 self._tokens[token] = 0.0
+
+    @property
+    def list_requests(self) -> int:
+        """How many ``/v3/apps`` list requests were answered 200."""
+        with self._lock:
+            return self._list_requests
 
     def down(self) -> None:
         """Drop open connections and answer every new request by closing the connection."""
@@ -418,6 +540,8 @@ class FakeCloudController:
     def clear_faults(self) -> None:
         with self._lock:
             self._page_failures.clear()
+            self._listing_failure = None
+            self._list_hook = None
             self._next_failures.clear()
             self._rate_limited = 0
             self._latency = 0.0
@@ -489,20 +613,33 @@ class FakeCloudController:
         injected = self._injected_failure(path, query)
         if injected is not None:
             return injected
-        auth_error = self._check_auth(headers.get("Authorization"))
-        if auth_error is not None:
-            return auth_error
-        page_failure = self._page_failure(path, query)
-        if page_failure is not None:
-            return page_failure
-        return self._route_v3(path, query)
+        caller = self._caller(headers.get("Authorization"))
+        if isinstance(caller, _Reply):
+            return caller
+        limited, rate_headers = self._rate_limit_check(caller)
+        if limited is not None:
+            return limited
+        reply = self._page_failure(path, query) or self._listing_fault(path)
+        if reply is None:
+            if not caller.scopes & {*GLOBAL_READ_SCOPES, "cloud_controller.read"}:
+                reply = _cf_error(*_NOT_AUTHORIZED)  # application_controller.rb check_read_permissions!
+            else:
+                reply = self._route_v3(path, query, caller)
+        reply.headers.update(rate_headers)
+        if path == "/v3/apps" and reply.status == 200:
+            with self._lock:
+                self._list_requests += 1
+                answered, hook = self._list_requests, self._list_hook
+            if hook is not None:
+                hook(answered)
+        return reply
 
     def _injected_failure(self, path: str, query: dict[str, str]) -> _Reply | None:
         with self._lock:
-            for index, (status, prefix) in enumerate(self._next_failures):
+            for index, (status, prefix, router) in enumerate(self._next_failures):
                 if path.startswith(prefix):
                     del self._next_failures[index]
-                    return _failure(status)
+                    return _router_failure(status, urlsplit(self.url).netloc) if router else _failure(status)
             if self._rate_limited > 0:
                 self._rate_limited -= 1
                 return self._rate_limit_reply()
@@ -511,15 +648,37 @@ class FakeCloudController:
     def _rate_limit_reply(self) -> _Reply:
         reset = math.ceil(time.time()) + self._retry_after
         retry_after = str(reset) if self._retry_after_epoch else str(self._retry_after)
-        reply = _cf_error(429, 10013, "RateLimitExceeded", "Rate Limit Exceeded")
-        reply.headers = {
-            "Content-Type": "text/plain; charset=utf-8",  # sic: CC's rate limiter sends JSON as text/plain
-            "X-RateLimit-Limit": "2000",
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(reset),
-            "Retry-After": retry_after,
+        return _too_many_requests(
+            retry_after,
+            {"X-RateLimit-Limit": "2000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)},
+        )
+
+    def _rate_limit_check(self, caller: _Caller) -> tuple[_Reply | None, dict[str, str]]:
+        """CC's RateLimiter middleware for an authenticated request: (429 reply or None, headers)."""
+        with self._lock:
+            settings = self._rate_limiting
+            if settings is None:
+                return None, {}
+            limit = settings["limit"]
+            if caller.scopes & set(_RATE_LIMIT_ADMIN_SCOPES):
+                if settings["admin_limit"] is None:
+                    return None, {}
+                limit = settings["admin_limit"]
+            now = time.time()
+            count, window_end = self._rate_counts.get(caller.client_id, (0, 0.0))
+            if window_end <= now:
+                count, window_end = 0, now + settings["interval"]
+            count += 1
+            self._rate_counts[caller.client_id] = (count, window_end)
+        expires_in = max(0, math.ceil(window_end - now))
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Reset": str(math.ceil(now) + expires_in),
+            "X-RateLimit-Remaining": str(max(0, limit - count)),
         }
-        return reply
+        if count > limit:
+            return _too_many_requests(str(expires_in), headers), {}
+        return None, headers
 
     def _page_failure(self, path: str, query: dict[str, str]) -> _Reply | None:
         if path != "/v3/apps":
@@ -540,30 +699,55 @@ class FakeCloudController:
                 entry[1] = remaining - 1
         return _failure(int(status or 503))
 
-    def _check_auth(self, header: str | None) -> _Reply | None:
+    def _listing_fault(self, path: str) -> _Reply | None:
+        if path != "/v3/apps":
+            return None
+        with self._lock:
+            if self._listing_failure is None:
+                return None
+            answered, status, remaining = self._listing_failure
+            if self._list_requests < answered:
+                return None
+            if remaining is not None:
+                if remaining <= 0:
+                    self._listing_failure = None
+                    return None
+                self._listing_failure = (answered, status, remaining - 1)
+        return _failure(status)
+
+    def _caller(self, header: str | None) -> _Caller | _Reply:
+        """The token's client and what it may read, or the 401 CC answers (no token / invalid token)."""
         if not header:
             return _cf_error(401, 10002, "NotAuthenticated", "Authentication error")
         scheme, _, token = header.partition(" ")
+        token = token.strip()
         with self._lock:
-            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-        if expiry is None or expiry <= time.monotonic():
+            expiry = self._tokens.get(token) if scheme.lower() == "bearer" else None
+            client_id = self._token_clients.get(token)
+        if expiry is None or expiry <= time.monotonic() or client_id is None:
             return _cf_error(401, 1000, "InvalidAuthToken", "Invalid Auth Token")
-        return None
+        scopes = frozenset(self.client_scopes.get(client_id, "").split())
+        if scopes & set(GLOBAL_READ_SCOPES):
+            return _Caller(client_id, scopes, None)
+        managed = self.client_managed_orgs.get(client_id, frozenset())
+        readable = set(self.client_spaces.get(client_id, frozenset()))
+        readable.update(g for g, space in list(self.foundation.spaces.items()) if space.org_guid in managed)
+        return _Caller(client_id, scopes, frozenset(readable))
 
     def _token(self, headers: Any, body: bytes) -> _Reply:
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        client_id, client_secret = _basic_credentials(headers.get("Authorization"))
-        if client_id is None:
+        header = headers.get("Authorization")
+        client_id: str | None
+        client_secret: str | None
+        if header and header.lower().startswith("basic "):
+            try:
+                client_id, client_secret = self._basic_credentials(header, headers)
+            except _BadCredentials as exc:
+                return _unauthorized(str(exc))
+        else:  # ClientCredentialsTokenEndpointFilter: the form's values, decoded once by the form
             client_id, client_secret = form.get("client_id"), form.get("client_secret")
         if client_id is None or self.clients.get(client_id) != client_secret:
-            return _json_reply(
-                401,
-                {"error": "unauthorized", "error_description": "Bad credentials"},
-                {
-                    "WWW-Authenticate": 'Basic realm="UAA/client", error="unauthorized", '
-                    'error_description="Bad credentials"'
-                },
-            )
+            return _unauthorized("Bad credentials")
         grant_type = form.get("grant_type")
         if grant_type != "client_credentials":
             return _json_reply(
@@ -576,6 +760,7 @@ class FakeCloudController:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._tokens[token] = time.monotonic() + self.expires_in
+            self._token_clients[token] = client_id
             expires_in = self.expires_in
         return _json_reply(
             200,
@@ -583,11 +768,30 @@ class FakeCloudController:
                 "access_token": token,
                 "token_type": "bearer",
                 "expires_in": expires_in,
-                "scope": self.scope,
+                "scope": self.client_scopes.get(client_id, ""),
                 "jti": uuid.uuid4().hex,
             },
             {"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
+
+    def _basic_credentials(self, header: str, headers: Any) -> tuple[str, str]:
+        """ClientBasicAuthenticationFilter: base64, split at the first ``:``, then URL-decode both
+        parts, unless compatibility mode is on and the request lacks ``X-CF-ENCODED-CREDENTIALS: true``."""
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise _BadCredentials("Failed to decode basic authentication token") from None
+        token = decoded.decode("utf-8", "replace")
+        client_id, sep, secret = token.partition(":")
+        if not sep:
+            raise _BadCredentials("Invalid basic authentication token")
+        encoded = (headers.get("X-CF-ENCODED-CREDENTIALS") or "false").lower() == "true"
+        if self.uri_encoding_compatibility_mode and not encoded:
+            return client_id, secret
+        try:
+            return java_url_decode(client_id), java_url_decode(secret)
+        except ValueError:
+            raise _BadCredentials("Failed to URL Decode credentials") from None
 
     def _root(self) -> dict[str, Any]:
         url = self.url
@@ -615,23 +819,22 @@ class FakeCloudController:
 
     # -- v3 resources -------------------------------------------------------------------------------
 
-    def _route_v3(self, path: str, query: dict[str, str]) -> _Reply:
+    def _route_v3(self, path: str, query: dict[str, str], caller: _Caller) -> _Reply:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if len(parts) == 2:
-            handler = {
-                "apps": self._list_apps,
-                "spaces": self._list_spaces,
-                "organizations": self._list_orgs,
-            }.get(parts[1])
-            if handler is not None:
-                return handler(query)
+            if parts[1] == "apps":
+                return self._list_apps(query, caller)
+            if parts[1] == "spaces":
+                return self._list_spaces(query, caller)
+            if parts[1] == "organizations":
+                return self._list_orgs(query, caller)
         if len(parts) == 3:
             if parts[1] == "apps":
-                return self._get_app(parts[2], query)
+                return self._get_app(parts[2], query, caller)
             if parts[1] == "spaces":
-                return self._get_space(parts[2], query)
+                return self._get_space(parts[2], query, caller)
             if parts[1] == "organizations":
-                return self._get_org(parts[2])
+                return self._get_org(parts[2], caller)
         return _cf_error(*_UNKNOWN_REQUEST)
 
     def _v3_root(self) -> dict[str, Any]:
@@ -639,17 +842,31 @@ class FakeCloudController:
         names = ("apps", "organizations", "spaces")
         return {"links": {"self": {"href": f"{url}/v3"}, **{n: {"href": f"{url}/v3/{n}"} for n in names}}}
 
-    def _list_apps(self, query: dict[str, str]) -> _Reply:
-        problem = _unknown_params(query, _APP_LIST_PARAMS) or _invalid_include(
+    def _validate_list(
+        self, query: dict[str, str], allowed: tuple[str, ...], order_by: tuple[str, ...]
+    ) -> _Reply | None:
+        """A list request's query as CC's ListMessage validates it: unknown keys first, then every
+        problem of the others, joined as ``errors.full_messages`` are."""
+        unknown = _unknown_params(query, allowed)
+        if unknown is not None:
+            return unknown
+        problems = _pagination_problems(query, order_by, self.max_total_results)
+        for name in ("created_ats", "updated_ats"):
+            problems += _timestamp_problems(query, name)
+        return _bad_query(", ".join(problems)) if problems else None
+
+    def _list_apps(self, query: dict[str, str], caller: _Caller) -> _Reply:
+        problem = self._validate_list(query, _APP_LIST_PARAMS, _APP_ORDER_BY) or _invalid_include(
             query, ("space", "space.organization")
         )
         if problem is not None:
             return problem
         apps: Sequence[App] = self.foundation.app_list()
-        apps = self._filter_apps(apps, query)
-        paged = _paginate(self.url, "/v3/apps", apps, query)
-        if isinstance(paged, _Reply):
-            return paged
+        if caller.readable_spaces is not None:
+            readable = caller.readable_spaces
+            apps = [a for a in apps if a.space_guid in readable]
+        apps = _ordered(_timestamp_filtered(self._filter_apps(apps, query), query), query)
+        paged = _paginate(self.external_url or self.url, "/v3/apps", apps, query)
         pagination, chunk = paged
         # The same bytes as orjson.dumps({"pagination": …, "resources": [self._app(a) …], "included": …}),
         # assembled from serialised resources so that a 5000-app page costs milliseconds, not 0.1 s.
@@ -724,14 +941,16 @@ class FakeCloudController:
         org_guids = dict.fromkeys(s.org_guid for s in spaces)
         return spaces, [foundation.orgs[g] for g in org_guids if g in foundation.orgs]
 
-    def _get_app(self, guid: str, query: dict[str, str]) -> _Reply:
-        problem = _unknown_params(query, frozenset({"include"})) or _invalid_include(
+    def _get_app(self, guid: str, query: dict[str, str], caller: _Caller) -> _Reply:
+        problem = _unknown_params(query, ("include",)) or _invalid_include(
             query, ("space", "space.organization")
         )
         if problem is not None:
             return problem
         app = self.foundation.apps.get(guid)
-        if app is None:
+        if app is None or (
+            caller.readable_spaces is not None and app.space_guid not in caller.readable_spaces
+        ):
             return _cf_error(404, 10010, "ResourceNotFound", "App not found")
         doc = self._app(app)
         included = self._included_for_apps([app], query.get("include"))
@@ -739,21 +958,28 @@ class FakeCloudController:
             doc["included"] = included
         return _json_reply(200, doc)
 
-    def _list_spaces(self, query: dict[str, str]) -> _Reply:
-        problem = _unknown_params(query, _SPACE_LIST_PARAMS) or _invalid_include(query, ("organization",))
+    def _visible_spaces(self, caller: _Caller) -> list[Space]:
+        spaces = list(self.foundation.spaces.values())
+        if caller.readable_spaces is None:
+            return spaces
+        return [s for s in spaces if s.guid in caller.readable_spaces]
+
+    def _list_spaces(self, query: dict[str, str], caller: _Caller) -> _Reply:
+        problem = self._validate_list(query, _SPACE_LIST_PARAMS, _ORDER_BY) or _invalid_include(
+            query, ("organization",)
+        )
         if problem is not None:
             return problem
-        spaces: list[Space] = list(self.foundation.spaces.values())
+        spaces = self._visible_spaces(caller)
         if "guids" in query:
             guids = set(_csv(query["guids"]))
             spaces = [s for s in spaces if s.guid in guids]
         if "organization_guids" in query:
             org_guids = set(_csv(query["organization_guids"]))
             spaces = [s for s in spaces if s.org_guid in org_guids]
-        paged = _paginate(self.url, "/v3/spaces", spaces, query)
-        if isinstance(paged, _Reply):
-            return paged
-        pagination, chunk = paged
+        pagination, chunk = _paginate(
+            self.external_url or self.url, "/v3/spaces", _ordered(spaces, query), query
+        )
         doc: dict[str, Any] = {"pagination": pagination, "resources": [self._space(s) for s in chunk]}
         if query.get("include"):
             org_guids = dict.fromkeys(s.org_guid for s in chunk)
@@ -764,35 +990,43 @@ class FakeCloudController:
             }
         return _json_reply(200, doc)
 
-    def _get_space(self, guid: str, query: dict[str, str]) -> _Reply:
-        problem = _unknown_params(query, frozenset({"include"})) or _invalid_include(query, ("organization",))
+    def _get_space(self, guid: str, query: dict[str, str], caller: _Caller) -> _Reply:
+        problem = _unknown_params(query, ("include",)) or _invalid_include(query, ("organization",))
         if problem is not None:
             return problem
         space = self.foundation.spaces.get(guid)
-        if space is None:
+        if space is None or (caller.readable_spaces is not None and guid not in caller.readable_spaces):
             return _cf_error(404, 10010, "ResourceNotFound", "Space not found")
         doc = self._space(space)
         if query.get("include") and space.org_guid in self.foundation.orgs:
             doc["included"] = {"organizations": [self._org(self.foundation.orgs[space.org_guid])]}
         return _json_reply(200, doc)
 
-    def _list_orgs(self, query: dict[str, str]) -> _Reply:
-        problem = _unknown_params(query, _ORG_LIST_PARAMS)
+    def _visible_orgs(self, caller: _Caller) -> list[Org]:
+        orgs = list(self.foundation.orgs.values())
+        if caller.readable_spaces is None:
+            return orgs
+        # ROLES_FOR_ORG_READING: any org role; a space role implies the org user role
+        member = {s.org_guid for s in self._visible_spaces(caller)}
+        member |= self.client_managed_orgs.get(caller.client_id, frozenset())
+        return [o for o in orgs if o.guid in member]
+
+    def _list_orgs(self, query: dict[str, str], caller: _Caller) -> _Reply:
+        problem = self._validate_list(query, _ORG_LIST_PARAMS, _ORDER_BY)
         if problem is not None:
             return problem
-        orgs: list[Org] = list(self.foundation.orgs.values())
+        orgs = self._visible_orgs(caller)
         if "guids" in query:
             guids = set(_csv(query["guids"]))
             orgs = [o for o in orgs if o.guid in guids]
-        paged = _paginate(self.url, "/v3/organizations", orgs, query)
-        if isinstance(paged, _Reply):
-            return paged
-        pagination, chunk = paged
+        pagination, chunk = _paginate(
+            self.external_url or self.url, "/v3/organizations", _ordered(orgs, query), query
+        )
         return _json_reply(200, {"pagination": pagination, "resources": [self._org(o) for o in chunk]})
 
-    def _get_org(self, guid: str) -> _Reply:
+    def _get_org(self, guid: str, caller: _Caller) -> _Reply:
         org = self.foundation.orgs.get(guid)
-        if org is None:
+        if org is None or org not in self._visible_orgs(caller):
             return _cf_error(404, 10010, "ResourceNotFound", "Organization not found")
         return _json_reply(200, self._org(org))
 
@@ -870,13 +1104,18 @@ def _csv(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
 
-def _unknown_params(query: dict[str, str], allowed: frozenset[str]) -> _Reply | None:
-    unknown = sorted(set(query) - allowed)
+def _param_name(key: str) -> str:
+    """``created_ats[gte]`` -> ``created_ats``: Rails parses bracketed keys into one hash parameter."""
+    return key.split("[", 1)[0]
+
+
+def _unknown_params(query: dict[str, str], allowed: tuple[str, ...]) -> _Reply | None:
+    unknown = sorted({_param_name(k) for k in query} - set(allowed))
     if not unknown:
         return None
-    names = ", ".join(f"'{u}'" for u in unknown)
-    valid = ", ".join(f"'{a}'" for a in sorted(allowed))
-    return _bad_query(f"Unknown query parameter(s): {names}. Valid parameters are: {valid}")
+    names = "', '".join(unknown)
+    valid = "', '".join(allowed)
+    return _bad_query(f"Unknown query parameter(s): '{names}'. Valid parameters are: '{valid}'")
 
 
 def _invalid_include(query: dict[str, str], allowed: tuple[str, ...]) -> _Reply | None:
@@ -885,25 +1124,99 @@ def _invalid_include(query: dict[str, str], allowed: tuple[str, ...]) -> _Reply 
     bad = [v for v in query["include"].split(",") if v not in allowed]
     if not bad:
         return None
-    valid = ", ".join(f"'{a}'" for a in allowed)
-    return _bad_query(f"Invalid included resource: '{bad[0]}'. Valid included resources are: {valid}")
+    valid = "', '".join(allowed)
+    return _bad_query(f"Invalid included resource: '{bad[0]}'. Valid included resources are: '{valid}'")
+
+
+def _ruby_to_i(text: str) -> int:
+    """Ruby's ``String#to_i``: the leading integer, 0 when there is none (``"2x"`` is 2)."""
+    match = re.match(r"\s*([+-]?\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+def _pagination_problems(
+    query: dict[str, str], order_by: tuple[str, ...], max_total: int | None
+) -> list[str]:
+    """``ListMessage``'s PaginationPageValidator and PaginationOrderValidator, as full messages."""
+    problems: list[str] = []
+    page, per_page = query.get("page"), query.get("per_page")
+    if page is not None and _ruby_to_i(page) <= 0:
+        problems.append("Page must be a positive integer")
+    if per_page is not None:
+        if _ruby_to_i(per_page) <= 0:
+            problems.append("Per page must be a positive integer")
+        elif _ruby_to_i(per_page) > MAX_PER_PAGE:
+            problems.append(f"Per page must be between 1 and {MAX_PER_PAGE}")
+    if (page is not None or per_page is not None) and max_total is not None:
+        pages = _ruby_to_i(page) if page is not None else 1
+        size = _ruby_to_i(per_page) if per_page is not None else DEFAULT_PER_PAGE
+        if pages * size > max_total:
+            problems.append(f"Maximum result (page * per_page) must be less than {max_total}")
+    value = query.get("order_by")
+    if value and not re.fullmatch(rf"[+-]?({'|'.join(order_by)})", value):
+        valid = "', '".join(order_by)
+        problems.append(f"Order by can only be: '{valid}'")
+    return problems
+
+
+def _timestamp_problems(query: dict[str, str], name: str) -> list[str]:
+    """``TimestampValidator`` (messages/validators.rb) for ``created_ats`` / ``updated_ats``."""
+    label = name.replace("_", " ").capitalize()
+    problems: list[str] = []
+    bad_format = (
+        f"{label} has an invalid timestamp format. Timestamps should be formatted as 'YYYY-MM-DDThh:mm:ssZ'"
+    )
+    if name in query and not all(_TIMESTAMP.match(v) for v in query[name].split(",")):
+        problems.append(bad_format)
+    for key, value in query.items():
+        if not key.startswith(name + "["):
+            continue
+        operator = key[len(name) + 1 :].rstrip("]")
+        if operator not in _RELATIONAL:
+            problems.append(f"{label} Invalid relational operator: '{operator}'")
+        if "," in value:
+            problems.append(f"{label} only accepts one value when using a relational operator")
+        elif not _TIMESTAMP.match(value):
+            problems.append(bad_format)
+    return problems
+
+
+def _timestamp_filtered(items: Sequence[Any], query: dict[str, str]) -> Sequence[Any]:
+    """BaseListFetcher.advanced_filtering at the presented (second) precision: ``lte``/``gt`` and the
+    equality list take the whole second, ``lt``/``gte`` its start."""
+    checks: list[Callable[[Any], bool]] = []
+    for name, attribute in (("created_ats", "created_at"), ("updated_ats", "updated_at")):
+        get = attrgetter(attribute)
+        if name in query:
+            stamps = set(query[name].split(","))
+            checks.append(lambda item, get=get, stamps=stamps: get(item) in stamps)
+        for operator in _RELATIONAL:
+            bound = query.get(f"{name}[{operator}]")
+            if bound is not None:
+                compare = {"lt": str.__lt__, "lte": str.__le__, "gt": str.__gt__, "gte": str.__ge__}[operator]
+                checks.append(lambda item, get=get, compare=compare, bound=bound: compare(get(item), bound))
+    if not checks:
+        return items
+    return [item for item in items if all(check(item) for check in checks)]
+
+
+def _ordered(items: Sequence[Any], query: dict[str, str]) -> Sequence[Any]:
+    """SequelPaginator: by ``order_by`` then ``guid``, both in its direction; default: creation order."""
+    value = query.get("order_by")
+    if not value:
+        return items
+    descending = value.startswith("-")
+    column = value.lstrip("+-")
+    return sorted(items, key=attrgetter(column, "guid"), reverse=descending)
 
 
 def _paginate(
     url: str, path: str, items: Sequence[Any], query: dict[str, str]
-) -> tuple[dict[str, Any], Sequence[Any]] | _Reply:
-    try:
-        per_page = int(query.get("per_page", str(DEFAULT_PER_PAGE)))
-    except ValueError:
-        return _bad_query("Per page must be between 1 and 5000")
-    if not 1 <= per_page <= MAX_PER_PAGE:
-        return _bad_query("Per page must be between 1 and 5000")
-    try:
-        page = int(query.get("page", "1"))
-    except ValueError:
-        return _bad_query("Page must be greater than 0")
-    if page < 1:
-        return _bad_query("Page must be greater than 0")
+) -> tuple[dict[str, Any], Sequence[Any]]:
+    """LIMIT/OFFSET over ``items`` (the live data, already validated by :func:`_pagination_problems`),
+    with links on the CC's own origin and the query re-serialised with its keys sorted (Rails to_query)."""
+    per_page = _ruby_to_i(query.get("per_page", str(DEFAULT_PER_PAGE)))
+    page = _ruby_to_i(query.get("page", "1"))
     total = len(items)
     total_pages = -(-total // per_page)
 
@@ -933,18 +1246,70 @@ def _failure(status: int) -> _Reply:
     return _Reply(status, f"{status} {reason}\n".encode(), {"Content-Type": "text/plain; charset=utf-8"})
 
 
-def _basic_credentials(header: str | None) -> tuple[str | None, str | None]:
-    if not header:
-        return None, None
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None, None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None, None
-    client_id, sep, secret = decoded.partition(":")
-    return (client_id, secret) if sep else (None, None)
+def _router_failure(status: int, host: str) -> _Reply:
+    """gorouter's own error: plain text naming the route, and the ``X-Cf-Routererror`` header."""
+    reason = {502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Error")
+    text = f"{status} {reason}: Requested route ('{host}') has no available endpoints.\n"
+    headers = {"Content-Type": "text/plain; charset=utf-8", "X-Cf-Routererror": "no_endpoints"}
+    return _Reply(status, text.encode(), headers)
+
+
+class _BadCredentials(Exception):
+    """UAA's BadCredentialsException; its message becomes the 401's ``error_description``."""
+
+
+def _unauthorized(description: str) -> _Reply:
+    """UAA's 401 from the token endpoint's authentication entry point."""
+    return _json_reply(
+        401,
+        {"error": "unauthorized", "error_description": description},
+        {
+            "WWW-Authenticate": 'Basic realm="UAA/client", error="unauthorized",'
+            f' error_description="{description}"'
+        },
+    )
+
+
+def _too_many_requests(retry_after: str, rate_headers: dict[str, str]) -> _Reply:
+    """base_rate_limiter.rb ``too_many_requests!``: JSON sent as text/plain, Retry-After in seconds."""
+    reply = _cf_error(429, 10013, "RateLimitExceeded", "Rate Limit Exceeded")
+    reply.headers = {**rate_headers, "Retry-After": retry_after, "Content-Type": "text/plain; charset=utf-8"}
+    return reply
+
+
+def java_url_decode(text: str) -> str:
+    """``java.net.URLDecoder.decode(text, UTF_8)``: ``+`` is a space, ``%XY`` runs are UTF-8 bytes
+    (malformed ones become U+FFFD); a ``%`` not followed by two characters that ``Integer.parseInt(…, 16)``
+    reads as a non-negative number raises :class:`ValueError`, as Java's IllegalArgumentException."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "+":
+            out.append(" ")
+            i += 1
+        elif c == "%":
+            raw = bytearray()
+            while i + 2 < n and c == "%":
+                digits = text[i + 1 : i + 3]  # Integer.parseInt(s, i + 1, i + 3, 16): a sign is allowed
+                if not re.fullmatch(r"[+-]?[0-9A-Fa-f]+", digits):
+                    raise ValueError("URLDecoder: Illegal hex characters in escape (%) pattern")
+                value = int(digits, 16)
+                if value < 0:
+                    raise ValueError(
+                        "URLDecoder: Illegal hex characters in escape (%) pattern - negative value"
+                    )
+                raw.append(value)
+                i += 3
+                if i < n:
+                    c = text[i]
+            if i < n and c == "%":
+                raise ValueError("URLDecoder: Incomplete trailing escape (%) pattern")
+            out.append(raw.decode("utf-8", "replace"))
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def _reset(conn: socket.socket) -> None:

@@ -1,11 +1,16 @@
-"""A small Cloud Controller v3 client: UAA client-credentials auth, retries, paginated app listing.
+"""A small Cloud Controller v3 client: UAA client-credentials auth, retries, keyset app listing.
 
 Only what the metadata refresh and the enricher need:
 
-* :meth:`CloudControllerClient.list_apps` — every app (any state) joined to its space and org, using
-  ``GET /v3/apps?include=space.organization&per_page=N`` and following ``pagination.next.href``;
+* :meth:`CloudControllerClient.list_apps` — every app (any state) joined to its space and org, listed
+  by **keyset pagination** on the creation time (see :meth:`CloudControllerClient.iter_app_pages`), so
+  that apps deleted or created during the listing never make it skip an app that lived throughout;
 * :meth:`CloudControllerClient.get_app` — one app by GUID (``None`` when the Cloud Controller says it
   does not exist).
+
+UAA client authentication is HTTP Basic with the id and secret URL-encoded first (RFC 6749 §2.3.1), as
+UAA's ``ClientBasicAuthenticationFilter`` URL-decodes them (a raw ``+`` would become a space), with
+``X-CF-ENCODED-CREDENTIALS: true`` so that UAAs in URI-encoding compatibility mode decode them too.
 
 Transient failures (connection errors, timeouts, HTTP 429 and 5xx) are retried with exponential backoff
 and jitter, honouring ``Retry-After`` and ``X-RateLimit-Reset``, bounded by a maximum attempt count and an
@@ -19,12 +24,14 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import orjson
 import requests
@@ -38,6 +45,15 @@ log = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 5000
 _SAMPLE_LIMIT = 10
+#: Token scopes that let a client read every app of the foundation (CC's ``can_read_globally?``).
+GLOBAL_READ_SCOPES = (
+    "cloud_controller.admin",
+    "cloud_controller.admin_read_only",
+    "cloud_controller.global_auditor",
+)
+NEEDED_SCOPES = "cloud_controller.admin_read_only or cloud_controller.global_auditor"
+#: CC's 400 when page × per_page exceeds its ``max_total_results`` (list_message.rb).
+_MAX_TOTAL_RESULTS = re.compile(r"\(page \* per_page\) must be less than (\d+)")
 
 
 class CloudControllerError(Exception):
@@ -51,12 +67,14 @@ class CloudControllerError(Exception):
         path: str | None = None,
         status: int | None = None,
         cf_errors: tuple[str, ...] = (),
+        cf_details: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.method = method
         self.path = path
         self.status = status
         self.cf_errors = cf_errors
+        self.cf_details = cf_details
 
 
 class CloudControllerAuthError(CloudControllerError):
@@ -72,8 +90,10 @@ class ListStats:
     """What :meth:`CloudControllerClient.list_apps` saw.
 
     ``apps`` counts apps in the result; ``resources`` counts app resources received (including
-    duplicates and unresolvable ones). Apps whose space or org was not in ``included`` are dropped from
-    the result but counted in ``missing_space`` / ``missing_org`` (a few GUIDs kept in ``unresolved``).
+    duplicates — keyset pages overlap on the creation second at their boundary — and unresolvable ones).
+    Apps whose space or org was not in ``included`` are dropped from the result but counted in
+    ``missing_space`` / ``missing_org`` (a few GUIDs kept in ``unresolved``). ``per_page`` is the page
+    size finally used (smaller than asked when the Cloud Controller caps ``max_total_results``).
     """
 
     pages: int = 0
@@ -85,6 +105,7 @@ class ListStats:
     malformed: int = 0
     missing_space: int = 0
     missing_org: int = 0
+    per_page: int = 0
     unresolved: list[str] = field(default_factory=list)
 
     @property
@@ -115,6 +136,7 @@ class CloudControllerClient:
         uaa_url: str | None = None,
         timeout: tuple[float, float] = (5.0, 30.0),
         verify_tls: bool = True,
+        ca_bundle: str | None = None,
         per_page: int = MAX_PER_PAGE,
         session: requests.Session | None = None,
         user_agent: str = "refinery/0.1",
@@ -139,6 +161,8 @@ class CloudControllerClient:
         self._uaa_url = uaa_url.rstrip("/") if uaa_url else None
         self.timeout = timeout
         self.verify_tls = verify_tls
+        #: What requests verifies the servers' certificates with: the CA bundle's path, or the flag.
+        self.verify: bool | str = ca_bundle if (ca_bundle and verify_tls) else verify_tls
         self.per_page = per_page
         self._own_session = session is None
         self._session = session if session is not None else requests.Session()
@@ -153,6 +177,8 @@ class CloudControllerClient:
         self._rng = rng if rng is not None else random.Random()
         self._token: _Token | None = None
         self._lock = threading.Lock()
+        #: The scopes of the last token UAA issued (``None`` before the first): not secret.
+        self.granted_scopes: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"CloudControllerClient(api_url={self.api_url!r}, client_id={self.client_id!r})"
@@ -194,20 +220,50 @@ class CloudControllerClient:
         return self._uaa_url
 
     def iter_app_pages(self, deadline: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield each parsed page of ``GET /v3/apps?include=space.organization&per_page=N``."""
-        query = urlencode({"include": "space.organization", "per_page": self.per_page})
-        url: str | None = f"{self.api_url}/v3/apps?{query}"
-        seen: set[str] = set()
-        while url is not None:
-            if url in seen:
+        """Yield each parsed page of every app, by keyset pagination on ``created_at``.
+
+        The Cloud Controller pages by LIMIT/OFFSET over the live table: an app deleted from a page
+        already read shifts the later pages, and following ``pagination.next`` then skips live apps.
+        Instead each request asks for the first page of ``order_by=created_at`` with
+        ``created_ats[gte]=<creation time of the last app read>``: an app that exists for the whole
+        listing is on one of these first pages whatever is deleted or created meanwhile (deletions only
+        shrink a query's result, creations land after the cursor). Pages overlap on the boundary second
+        (CC's timestamps have one-second resolution); the caller dedupes by GUID. Each request is page 1,
+        so ``page × per_page`` stays within an operator's ``max_total_results``; if ``per_page`` itself
+        exceeds it (a 400 naming the cap), ``per_page`` is lowered to the cap and the request repeated.
+
+        More than ``per_page`` apps created within one second (a full page, all with the cursor's
+        time) cannot be told apart by the cursor: those are walked with ``page=2, 3, …`` of the same
+        query, the one place where concurrent deletions could still shift a page (only of that second's
+        apps).
+        """
+        cursor: str | None = None
+        page_number = 1
+        seen: set[tuple[str | None, int, int]] = set()
+        while True:
+            params: dict[str, Any] = {"include": "space.organization", "order_by": "created_at"}
+            if cursor is not None:
+                params["created_ats[gte]"] = cursor
+            if page_number > 1:
+                params["page"] = page_number
+            params["per_page"] = self.per_page
+            step = (cursor, page_number, self.per_page)
+            url = f"{self.api_url}/v3/apps?{urlencode(params)}"
+            if step in seen:
                 raise CloudControllerError(
-                    f"GET {_path(url)}: pagination loops back to a page already read",
+                    f"GET {_path(url)}: the listing does not advance (a page already read)",
                     method="GET",
                     path=_path(url),
                 )
-            seen.add(url)
-            page = self._get_json(url, deadline=deadline)
-            if not isinstance(page, dict) or not isinstance(page.get("resources"), list):
+            seen.add(step)
+            try:
+                page = self._get_json(url, deadline=deadline)
+            except CloudControllerError as exc:
+                if self._lower_per_page(exc, page_number, url):
+                    continue
+                raise
+            resources = page.get("resources") if isinstance(page, dict) else None
+            if not isinstance(resources, list):
                 raise CloudControllerError(
                     f"GET {_path(url)}: response is not a v3 list (no 'resources' array)",
                     method="GET",
@@ -216,8 +272,52 @@ class CloudControllerClient:
                 )
             yield page
             pagination = page.get("pagination")
-            href = _href(pagination, "next") if isinstance(pagination, dict) else None
-            url = self._rebase(href) if href else None
+            if not resources or not (isinstance(pagination, dict) and _href(pagination, "next")):
+                return
+            last = _get_str(resources[-1], "created_at")
+            if last is None:
+                raise CloudControllerError(
+                    f"GET {_path(url)}: the last app of the page has no created_at to continue from",
+                    method="GET",
+                    path=_path(url),
+                    status=200,
+                )
+            if last == cursor:  # a full page of apps created in one second: the next page of that second
+                page_number += 1
+            else:
+                cursor, page_number = last, 1
+
+    def _lower_per_page(self, exc: CloudControllerError, page_number: int, url: str) -> bool:
+        """True when ``exc`` is CC's ``max_total_results`` 400 and a smaller ``per_page`` can satisfy it."""
+        if exc.status != 400:
+            return False
+        match = next((m for m in map(_MAX_TOTAL_RESULTS.search, exc.cf_details) if m), None)
+        if match is None:
+            return False
+        cap = int(match.group(1))
+        if page_number == 1 and 1 <= cap < self.per_page:
+            log.warning(
+                "the Cloud Controller caps page × per_page at %d (max_total_results): listing %d apps"
+                " per page",
+                cap,
+                cap,
+            )
+            self.per_page = cap
+            return True
+        why = (
+            f"more than {self.per_page * (page_number - 1)} apps were created within one second, and"
+            " reading past them needs a larger cap"
+            if page_number > 1
+            else "which leaves no page size to list with"
+        )
+        raise CloudControllerError(
+            f"GET {_path(url)}: the Cloud Controller caps page × per_page at {cap} (max_total_results),"
+            f" {why}; raise the Cloud Controller's renderer.max_total_results",
+            method="GET",
+            path=_path(url),
+            status=400,
+            cf_errors=exc.cf_errors,
+        ) from exc
 
     @traced("## cc list apps")
     def list_apps(self, deadline: float | None = None) -> tuple[dict[str, AppInfo], ListStats]:
@@ -236,12 +336,21 @@ class CloudControllerClient:
                 _collect_included(page.get("included"), spaces, orgs)
                 _collect_apps(page["resources"], raw_apps, stats)
                 del page
+        stats.per_page = self.per_page
         apps: dict[str, AppInfo] = {}
         for guid, (name, space_guid) in raw_apps.items():
             info = _join(guid, name, space_guid, spaces, orgs, stats)
             if info is not None:
                 apps[guid] = info
         stats.apps, stats.spaces, stats.orgs = len(apps), len(spaces), len(orgs)
+        if self.granted_scopes is not None and not set(self.granted_scopes) & set(GLOBAL_READ_SCOPES):
+            log.warning(
+                "UAA client %r has none of the scopes %s (its token has: %s): the Cloud Controller lists"
+                " only the apps of the spaces it has roles in",
+                self.client_id,
+                NEEDED_SCOPES,
+                " ".join(self.granted_scopes) or "none",
+            )
         if stats.dropped:
             log.warning(
                 "Cloud Controller listing: %d app(s) dropped (space missing: %d, org missing: %d,"
@@ -290,17 +399,6 @@ class CloudControllerClient:
             headers["Authorization"] = f"bearer {token}"
         return headers
 
-    def _rebase(self, href: str) -> str:
-        """Follow a pagination link on the configured API origin (never send the token elsewhere)."""
-        link, base = urlsplit(href), urlsplit(self.api_url)
-        if (link.scheme, link.netloc) == (base.scheme, base.netloc):
-            return href
-        if not link.path.startswith("/v3/"):
-            raise CloudControllerError(
-                f"unexpected pagination link path {link.path!r}", method="GET", path=link.path
-            )
-        return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + link.path, link.query, ""))
-
     def _get_json(self, url: str, *, deadline: float | None, not_found_ok: bool = False) -> Any:
         """Authenticated GET; renews the token once on 401. ``None`` for 404 CF-ResourceNotFound."""
         for renewed in (False, True):
@@ -324,12 +422,19 @@ class CloudControllerClient:
     def _json(self, resp: requests.Response, method: str, url: str, *, expected: tuple[int, ...]) -> Any:
         if resp.status_code not in expected:
             cls = CloudControllerAuthError if resp.status_code in (401, 403) else CloudControllerError
+            message = _describe(method, url, resp)
+            if resp.status_code == 403 and "CF-NotAuthorized" in _cf_titles(resp):
+                message += (
+                    f": UAA client {self.client_id!r} may not read the Cloud Controller (its token has"
+                    f" {' '.join(self.granted_scopes or ()) or 'no scopes'}); it needs {NEEDED_SCOPES}"
+                )
             raise cls(
-                _describe(method, url, resp),
+                message,
                 method=method,
                 path=_path(url),
                 status=resp.status_code,
                 cf_errors=_cf_titles(resp),
+                cf_details=_cf_details(resp),
             )
         try:
             return _loads_acyclic(resp.content)
@@ -354,13 +459,14 @@ class CloudControllerClient:
     def _fetch_token(self, deadline: float | None) -> _Token:
         url = self.discover_uaa_url(deadline) + "/oauth/token"
         started = self._clock()
+        headers = self._headers()
+        # RFC 6749 §2.3.1: form-urlencode id and secret, then Basic; UAA URL-decodes them (a raw "+" in a
+        # secret would arrive as a space), and the header makes UAAs in compatibility mode decode them too.
+        credentials = f"{quote_plus(self.client_id, safe='')}:{quote_plus(self._client_secret, safe='')}"
+        headers["Authorization"] = "Basic " + b64encode(credentials.encode("utf-8")).decode("ascii")
+        headers["X-CF-ENCODED-CREDENTIALS"] = "true"
         resp = self._with_retries(
-            "POST",
-            url,
-            deadline=deadline,
-            headers=self._headers(),
-            data={"grant_type": "client_credentials"},
-            auth=(self.client_id, self._client_secret),
+            "POST", url, deadline=deadline, headers=headers, data={"grant_type": "client_credentials"}
         )
         if resp.status_code in (400, 401, 403):
             raise CloudControllerAuthError(
@@ -380,6 +486,8 @@ class CloudControllerClient:
                 path=_path(url),
                 status=resp.status_code,
             )
+        scope = doc.get("scope")
+        self.granted_scopes = tuple(scope.split()) if isinstance(scope, str) else ()
         token_type = str(doc.get("token_type", "bearer"))
         if token_type.lower() != "bearer":
             log.warning("UAA issued a token of type %r; using it as a bearer token", token_type)
@@ -398,7 +506,7 @@ class CloudControllerClient:
             hint: float | None = None
             try:
                 resp = self._session.request(
-                    method, url, timeout=timeout, verify=self.verify_tls, allow_redirects=False, **kwargs
+                    method, url, timeout=timeout, verify=self.verify, allow_redirects=False, **kwargs
                 )
             except requests.exceptions.SSLError as exc:
                 raise CloudControllerError(
@@ -577,6 +685,18 @@ def _cf_titles(resp: requests.Response) -> tuple[str, ...]:
     if not isinstance(errors, list):
         return ()
     return tuple(str(e.get("title")) for e in errors if isinstance(e, dict) and e.get("title"))
+
+
+def _cf_details(resp: requests.Response) -> tuple[str, ...]:
+    """The ``detail`` of each error of a v3 error body, else ``()``."""
+    try:
+        doc = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return ()
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ()
+    return tuple(str(e["detail"]) for e in errors if isinstance(e, dict) and isinstance(e.get("detail"), str))
 
 
 def _oauth_error(resp: requests.Response) -> str:
