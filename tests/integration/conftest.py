@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,12 @@ def invoke() -> Iterator[Callable[..., dict[str, Any]]]:
     enricher.reset_runtime()
 
     def run(event: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        return enricher.handler(event, LocalContext(timeout_seconds=timeout))
+        started = time.monotonic()
+        try:
+            return enricher.handler(event, LocalContext(timeout_seconds=timeout))
+        finally:  # Lambda would kill an invocation past its deadline: no scenario may get there
+            elapsed = time.monotonic() - started
+            assert elapsed < timeout, f"the handler ran {elapsed:.2f} s, past its {timeout} s deadline"
 
     yield run
     enricher.reset_runtime()

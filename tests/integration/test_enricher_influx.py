@@ -151,8 +151,9 @@ def test_user_names_round_trip_through_a_real_influxdb(v1_env, influxdb1, invoke
     points = influxdb1.points(v1_env, "log")
     got = {p["tags"]["app_guid"]: p["tags"] for p in points}
     for guid, info in apps.items():
-        # Documented losses: a line feed becomes a space, a trailing backslash cannot be stored.
-        expected_name = info.name.replace("\n", " ").rstrip("\\")
+        # Documented losses: a line feed or carriage return becomes a space, a trailing backslash
+        # cannot be stored.
+        expected_name = info.name.replace("\n", " ").replace("\r", " ").rstrip("\\")
         assert got[guid]["app"] == expected_name, repr(info.name)
         assert got[guid]["space"] == f"space {expected_name}"
         assert got[guid]["org"] == f"org,{expected_name}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +226,52 @@ def scenario(name: str, w: World) -> tuple[str, dict[str, str], bool, str]:
             False,
             "INFLUX_URL: must not hold credentials",
         ),
+        "enricher credentials in INFLUX_URL without a scheme": (
+            "enricher",
+            v1 | {"INFLUX_URL": w.influx.url.replace("http://", f"writer:{SENTINEL}@")},
+            False,
+            "INFLUX_URL: is not an http(s) URL",
+        ),
+        "enricher credentials in INFLUX_URL's query string": (
+            "enricher",
+            v1 | {"INFLUX_URL": f"{w.influx.url}/?u=writer&p={SENTINEL}"},
+            False,
+            "INFLUX_URL: must not hold credentials in its query string (u=…)",
+        ),
+        "enricher credentials inside CF_API_URL": (
+            "enricher",
+            v1
+            | cf
+            | {
+                "CF_API_URL": w.cc_good.replace("://", f"://refinery:{SENTINEL}@"),
+                "CF_CLIENT_SECRET": SENTINEL,
+            },
+            False,
+            "CF_API_URL: must not hold credentials",
+        ),
+        "enricher credentials in CF_API_URL without a scheme": (
+            "enricher",
+            v1
+            | cf
+            | {
+                "CF_API_URL": w.cc_good.replace("http://", f"refinery:{SENTINEL}@"),
+                "CF_CLIENT_SECRET": SENTINEL,
+            },
+            False,
+            "CF_API_URL: is not an http(s) URL",
+        ),
+        "enricher remote write down, a secret in its URL's query": (
+            "enricher",
+            v1
+            | {
+                "CHILD_TIMEOUT": "12",
+                "FLUSH_TIME_RESERVE": "6s",
+                "INFLUX_PASSWORD": SENTINEL,
+                "PROM_REMOTE_WRITE_URL": f"{w.down}/api/v1/write?extra_label=key%3D{SENTINEL}",
+            },
+            False,
+            "/api/v1/write?extra_label=***: connection refused",
+        ),
         "enricher secret reference that does not exist": (
             "enricher",
             v1 | cf | {"INFLUX_PASSWORD_SECRET": w.missing_secret_arn, "CF_CLIENT_SECRET": SENTINEL},
@@ -268,6 +315,16 @@ def scenario(name: str, w: World) -> tuple[str, dict[str, str], bool, str]:
             False,
             "ConnectionError",
         ),
+        "refresh credentials inside CF_API_URL": (
+            "refresh",
+            refresh
+            | {
+                "CF_API_URL": w.cc_good.replace("://", f"://refinery:{SENTINEL}@"),
+                "CF_CLIENT_SECRET": SENTINEL,
+            },
+            False,
+            "CF_API_URL: must not hold credentials",
+        ),
         "refresh configuration error with the secret set": (
             "refresh",
             base | {"CF_API_URL": w.cc_good, "CF_CLIENT_SECRET": SENTINEL},
@@ -299,12 +356,18 @@ SCENARIOS = [
     "enricher with InfluxDB and the Cloud Controller down",
     "enricher configuration errors with the secrets set",
     "enricher credentials inside INFLUX_URL",
+    "enricher credentials in INFLUX_URL without a scheme",
+    "enricher credentials in INFLUX_URL's query string",
+    "enricher credentials inside CF_API_URL",
+    "enricher credentials in CF_API_URL without a scheme",
+    "enricher remote write down, a secret in its URL's query",
     "enricher secret reference that does not exist",
     "enricher at DEBUG, secrets by reference",
     "enricher at DEBUG, credentials refused",
     "refresh with the CF secret from Secrets Manager",
     "refresh with the CF secret refused by UAA",
     "refresh with the Cloud Controller down",
+    "refresh credentials inside CF_API_URL",
     "refresh configuration error with the secret set",
     "refresh at DEBUG, secret from SSM",
     "refresh at DEBUG, secret refused",
@@ -359,3 +422,48 @@ def test_the_debug_runs_really_log_at_debug(runs) -> None:
     printed = runs["enricher at DEBUG, secrets by reference"].stderr
     assert "DEBUG:botocore" in printed  # the root logger prints library debug records
     assert "GetSecretValue" in printed or "GetParameter" in printed
+
+
+@pytest.mark.parametrize(
+    ("command", "valid"),
+    [(["config"], False), (["config", "--check", "--offline"], False), (["config", "--check"], True)],
+    ids=["config", "config --check --offline", "config --check"],
+)
+def test_refinery_config_shows_url_settings_redacted(
+    world: World, tmp_path, command: list[str], valid: bool
+) -> None:
+    """``refinery config`` lists every setting with its value, and ``--check`` names what it reaches: a URL's
+    user-info and query values never appear, whether the URL is refused (credentials) or valid (a query
+    value that is not a credential, as VictoriaMetrics' ``extra_label``)."""
+    from child_runner import child_env
+
+    env = {
+        "METADATA_BUCKET": world.bucket,
+        "AWS_ENDPOINT_URL": world.moto_url,
+        "INFLUX_DATABASE": DB,
+        "INFLUX_USERNAME": "writer",
+        "INFLUX_PASSWORD": SENTINEL,
+        "PROM_REMOTE_WRITE_URL": f"{world.vm_url}/api/v1/write?extra_label=key%3D{SENTINEL}",
+    }
+    if valid:
+        env |= {"INFLUX_URL": world.influx.url, "CF_API_URL": world.cc_good, "CF_CLIENT_ID": "refinery"}
+        env |= {"CF_CLIENT_SECRET": SENTINEL}
+    else:
+        env |= {
+            "INFLUX_URL": world.influx.url.replace("://", f"://writer:{SENTINEL}@"),
+            "CF_API_URL": world.cc_good.replace("http://", f"refinery:{SENTINEL}@"),
+        }
+    done = subprocess.run(
+        [sys.executable, "-m", "refinery.cli", *command],
+        env=child_env(env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    printed = done.stdout + done.stderr
+    assert "INFLUX_URL" in printed or "InfluxDB" in printed, printed[-3000:]
+    for what, text in forbidden().items():
+        assert text not in printed, (
+            f"{what} leaked: ...{printed[max(0, printed.find(text) - 300) :][:600]}..."
+        )

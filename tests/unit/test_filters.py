@@ -125,7 +125,7 @@ def test_an_app_excluded_by_name(tmp_path) -> None:
 
 
 NAMES = st.text(
-    st.characters(blacklist_categories=["Cs"], blacklist_characters="\n"), min_size=1, max_size=12
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\n\r"), min_size=1, max_size=12
 )
 
 

@@ -4,9 +4,10 @@ Escaping follows InfluxDB's own parser (checked against a real InfluxDB 1.6 by t
 tests; InfluxDB 2.x shares the parser), so that user-given names read back unchanged:
 
 * in tag keys and values, ``,`` ``=`` and space are escaped with a backslash; other characters,
-  including backslashes, quotes, tabs, carriage returns and any Unicode, are written as they are
-  (InfluxDB understands no ``\\`` escape: a backslash before a special character simply stays);
-* a **line feed** cannot be carried: it is replaced by a space (``NEWLINE_REPLACEMENT``);
+  including backslashes, quotes, tabs and any Unicode, are written as they are (InfluxDB understands
+  no ``\\`` escape: a backslash before a special character simply stays);
+* a **line feed** or **carriage return** cannot be carried (a line ends at either, for many readers):
+  each is replaced by a space (``NEWLINE_REPLACEMENT``), as the README promises;
 * a **trailing backslash** cannot be stored by InfluxDB (it escapes the delimiter that follows):
   it is removed;
 * an empty tag value cannot be written: the tag is omitted (as the anchor's Go client did);
@@ -39,6 +40,8 @@ def escape_tag(value: str) -> str:
         value = value.replace("=", "\\=")
     if "\n" in value:
         value = value.replace("\n", NEWLINE_REPLACEMENT)
+    if "\r" in value:
+        value = value.replace("\r", NEWLINE_REPLACEMENT)
     if " " in value:
         value = value.replace(" ", "\\ ")
     if value[-1:] == "\\":
@@ -50,6 +53,8 @@ def escape_measurement(name: str) -> str:
     """Escape a measurement name so that InfluxDB reads it back unchanged (but see the module doc)."""
     if "\n" in name:
         name = name.replace("\n", NEWLINE_REPLACEMENT)
+    if "\r" in name:
+        name = name.replace("\r", NEWLINE_REPLACEMENT)
     if "\\" in name:
         name = _MEASUREMENT_BAD_BACKSLASH.sub("", name)
     if name[:1] == "#":

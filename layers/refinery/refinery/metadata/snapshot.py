@@ -21,7 +21,9 @@ Schema 1 (one object per app) is still read::
                              "org_guid": ..., "org_name": ...}}}
 
 It lives at ``s3://$METADATA_BUCKET/$METADATA_KEY``. The refresh function writes it, the enricher
-reads it, and operators may read it with ``aws s3 cp … - | gunzip``.
+reads it, and operators may read it with ``aws s3 cp … - | gunzip``. The object's S3 tag
+:data:`CHECKED_AT_TAG` holds the time of the last refresh that listed this same content (a refresh that
+finds nothing changed only re-tags the object: see :mod:`refinery.metadata.refresh`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ SCHEMA_VERSION = 2
 #: Every schema version :func:`decode_snapshot` reads.
 READABLE_VERSIONS = (1, 2)
 APP_FIELDS = ("name", "space_guid", "space_name", "org_guid", "org_name")
+#: S3 object tag: the RFC 3339 time of the last refresh that listed the snapshot's content.
+CHECKED_AT_TAG = "refinery-checked-at"
+#: Most bytes a snapshot may expand to (its JSON): 128 MiB, about 2 million apps in schema 2 (100 000 apps
+#: take 6 MiB). Past it the snapshot is refused (a gzip bomb, or a foundation beyond what one function's
+#: memory can hold): the enricher keeps the snapshot it has, the refresh treats it as unreadable.
+MAX_SNAPSHOT_BYTES = 128 * 1024 * 1024
 #: zlib level of the published gzip. Level 1 compresses a 100 000-app snapshot several times faster than
 #: level 6 for about 8 % more bytes (the GUIDs, random hex, are most of them); decompression costs the same.
 GZIP_LEVEL = 1
@@ -290,7 +298,7 @@ def snapshot_app_guids(data: bytes) -> frozenset[str]:
 
 def _decode(data: bytes) -> tuple[str, str, LazyApps | TableApps]:
     try:
-        raw = gzip.decompress(data)
+        raw = gunzip_bounded(data, MAX_SNAPSHOT_BYTES)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise SnapshotError(f"snapshot is not valid gzip ({exc})") from exc
     try:
@@ -315,6 +323,27 @@ def _decode(data: bytes) -> tuple[str, str, LazyApps | TableApps]:
     if not isinstance(generated_at, str) or not isinstance(source, str):
         raise SnapshotError("snapshot fields 'generated_at' and 'source' must be strings")
     return generated_at, source, lazy_apps
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes:
+    """``gzip.decompress(data)`` that stops at ``limit`` bytes of output: :class:`SnapshotError` past it.
+
+    Never holds more than ``limit`` (plus one zlib step) in memory, whatever the ratio: a 3 MB gzip bomb
+    expanding to 3 GiB costs 128 MiB and a fraction of a second, not a MemoryError.
+    """
+    if data[:2] != b"\x1f\x8b":
+        raise SnapshotError("snapshot is not valid gzip (not a gzip file)")
+    out = bytearray()
+    rest = data
+    while rest:  # members, as gzip.decompress reads them
+        stream = zlib.decompressobj(wbits=31)
+        out += stream.decompress(rest, limit + 1 - len(out))  # stops one byte past the limit
+        if len(out) > limit:
+            raise SnapshotError(f"snapshot expands to more than {limit // 2**20} MiB (the limit): refused")
+        if not stream.eof:
+            raise SnapshotError("snapshot is not valid gzip (truncated)")
+        rest = stream.unused_data.lstrip(b"\x00")  # gzip.decompress also allows trailing zero padding
+    return bytes(out)
 
 
 def _check_tables(doc: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:

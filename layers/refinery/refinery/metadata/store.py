@@ -6,22 +6,37 @@ entry) it asks S3 whether the snapshot changed, with a conditional GET on the ET
 snapshot costs one cheap request. A failed check keeps the snapshot it has (stale beats nothing) and
 is counted. Escaped tag strings are built once per app, on first use. Apps missing from the snapshot
 are looked up live in the Cloud Controller (bounded), and apps that do not exist are remembered.
+
+A check never holds an invocation past its deadline: its S3 calls are bounded (:mod:`refinery.s3`), and
+the whole check takes at most :data:`CHECK_LIMIT`, or less when the invocation has little time left
+(:meth:`MetadataStore.check_limit`; ``deadline`` is set by the handler for each invocation). A
+check that fails (S3 down or hung, a snapshot that is corrupt, too large or a gzip bomb) keeps the
+snapshot the container has, and says so at WARNING and in the summary line (``snapshot_failures``,
+``snapshot_error``, ``snapshot_age_s``); a cold container without one quarantines records as
+``metadata_unavailable`` (replayable).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from ..s3 import LazyS3Client
+from ..s3 import LazyS3Client, ObjectTooLarge, S3Timeout, time_limit
 from ..tracing import traced
 from ..transform import AppTags
-from .snapshot import AppInfo, Snapshot, SnapshotError, decode_snapshot
+from .snapshot import CHECKED_AT_TAG, AppInfo, Snapshot, SnapshotError, decode_snapshot
+
+log = logging.getLogger(__name__)
+
+#: Longest a snapshot check may take (it is also held to a third of the invocation's time left).
+CHECK_LIMIT = 10.0
 
 
 class SnapshotUnavailable(RuntimeError):
@@ -35,6 +50,10 @@ class SnapshotSource:
 
     def fetch(self, etag: str | None) -> tuple[bytes | None, str | None]:
         raise NotImplementedError
+
+    def checked_at(self) -> str | None:
+        """When a refresh last listed the current content (RFC 3339), if the source records it."""
+        return None
 
 
 class S3SnapshotSource(LazyS3Client, SnapshotSource):
@@ -62,6 +81,18 @@ class S3SnapshotSource(LazyS3Client, SnapshotSource):
             raise SnapshotUnavailable(f"cannot read {self.description}: {code or status}") from exc
         except BotoCoreError as exc:
             raise SnapshotUnavailable(f"cannot read {self.description}: {exc}") from exc
+        except (S3Timeout, ObjectTooLarge) as exc:
+            raise SnapshotUnavailable(f"cannot read {self.description}: {exc}") from exc
+
+    def checked_at(self) -> str | None:
+        """The object's :data:`~.snapshot.CHECKED_AT_TAG` tag (None when absent or unreadable)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            tags = self.client.get_object_tagging(Bucket=self.bucket, Key=self.key).get("TagSet", [])
+        except (BotoCoreError, ClientError, S3Timeout):
+            return None
+        return next((t.get("Value") for t in tags if t.get("Key") == CHECKED_AT_TAG), None)
 
 
 class FileSnapshotSource(SnapshotSource):
@@ -112,6 +143,12 @@ class StoreStats:
         }
 
 
+class CheckDeadline(Protocol):
+    def remaining_ms(self) -> int: ...
+
+    def remaining(self) -> float: ...
+
+
 class AppLookup(Protocol):
     def get_app(self, guid: str, deadline: float | None = None) -> AppInfo | None: ...
 
@@ -151,7 +188,11 @@ class MetadataStore:
     snapshot: Snapshot | None = None
     etag: str | None = None
     loaded_at: float | None = None
+    #: When a refresh last listed the loaded snapshot's content (the source's check record), if known.
+    checked_at: str | None = None
     stats: StoreStats = field(default_factory=StoreStats)
+    #: The current invocation's deadline (set by the handler): a check ends well before it.
+    deadline: CheckDeadline | None = None
 
     def __post_init__(self) -> None:
         self._checked: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=self.check_interval, timer=self.clock)
@@ -187,14 +228,21 @@ class MetadataStore:
         self._checked["snapshot"] = True
         self.stats.checks += 1
         try:
-            data, etag = self.source.fetch(self.etag if self.snapshot is not None else None)
+            with time_limit(self.check_limit()):
+                data, etag = self.source.fetch(self.etag if self.snapshot is not None else None)
             if data is None:
                 self.stats.unchanged += 1
+                self._read_checked_at()
                 return
             snapshot = decode_snapshot(data, lazy=True)
         except (SnapshotUnavailable, SnapshotError) as exc:
             self.stats.failures += 1
             self.stats.last_error = str(exc)
+            log.warning(
+                "snapshot check failed, %s: %s",
+                "keeping the snapshot this container has" if self.snapshot is not None else "no snapshot yet",
+                exc,
+            )
             return
         self.snapshot = snapshot
         self.etag = etag
@@ -202,6 +250,45 @@ class MetadataStore:
         self._cache.clear()
         self._memo = {}
         self.stats.loads += 1
+        self.checked_at = None
+        self._read_checked_at()
+
+    def _read_checked_at(self) -> None:
+        """After a successful check: the refresh's record of its last check of this content. Read only
+        then, so a snapshot the store could not load never counts as confirmed (its age keeps growing)."""
+        with time_limit(self.check_limit()):
+            checked_at = self.source.checked_at()
+        if checked_at is not None:
+            self.checked_at = checked_at
+
+    def check_limit(self) -> float:
+        """How long a snapshot check may still take: :data:`CHECK_LIMIT`, or less with little time left.
+
+        With a snapshot in hand, a third of the time left before ``FLUSH_TIME_RESERVE``; without one
+        (the records need it) two thirds of that, or half of all the time left when the reserve is most
+        of it (what is left after the check is enough to quarantine the records).
+        """
+        if self.deadline is None:
+            return CHECK_LIMIT
+        total = self.deadline.remaining_ms() / 1000.0
+        left = self.deadline.remaining()
+        if self.snapshot is not None:
+            return max(0.0, min(CHECK_LIMIT, left / 3))
+        return max(0.0, min(CHECK_LIMIT, max(left * 2 / 3, total / 2)))
+
+    def current_as_of(self) -> str | None:
+        """The last time the loaded snapshot was known current: the later of its ``generated_at`` and
+        the refresh's last check of the same content (``SnapshotAge`` counts from it). None: no snapshot."""
+        if self.snapshot is None:
+            return None
+        generated_at = self.snapshot.generated_at
+        if self.checked_at is None:
+            return generated_at
+        try:
+            later = datetime.fromisoformat(self.checked_at) > datetime.fromisoformat(generated_at)
+        except (TypeError, ValueError):
+            return generated_at
+        return self.checked_at if later else generated_at
 
     def lookup(self, guid: str) -> AppTags | None:
         """Escaped tags of an app, or None; then ``last_miss`` says whether that is final (None)."""

@@ -1,34 +1,43 @@
 """What every sink shares: error classes, the invocation deadline, chunking and the retry loop.
 
-A sink's ``post(body)`` sends one chunk and raises one of:
+A sink's ``post(body, timeout)`` sends one chunk, taking at most ``timeout`` seconds by wall clock
+(connecting, sending and the whole answer: :mod:`refinery.sinks.http`), and raises one of:
 
 * :class:`Retryable` — connection errors, timeouts, 429, 5xx: may succeed later, retried with
-  backoff that honours ``Retry-After``, while the invocation has time left;
-* :class:`Refused` — the server will never accept these lines as they are (400 bad line protocol
-  or partial write such as a field type conflict, 413 too large, 422 partial write);
-* :class:`Misconfigured` — 401, 403, 404 (a wrong token, database or bucket) and any other
-  unexpected answer; retrying cannot help.
+  backoff that honours ``Retry-After``, while the invocation has time left; each retry is logged
+  at WARNING with its cause;
+* :class:`Refused` — the server will never accept some of these lines as they are (400 bad line
+  protocol or partial write such as a field type conflict, 413 too large, 422 partial write);
+* :class:`Misconfigured` — 401, 403, 404 (a wrong token, database or bucket), a redirect, a success
+  that is not the write API's (InfluxDB answers a write with 204: a 200 comes from something else,
+  a proxy's page) and any other unexpected answer; retrying cannot help.
 
-A refused chunk is split in halves and each half sent again, until exactly the refused lines are
-isolated: they are reported in :attr:`WriteReport.rejected` (with the server's message) for the
-quarantine, and every other line is written. Re-sending lines InfluxDB already took is harmless: a
-point written twice is the same point.
+A refused chunk is narrowed down to exactly the refused lines, with as few requests as the server's
+answer allows (:mod:`refinery.sinks.refusal`): lines the server names are refused at once; a field
+type conflict (measurement, field, type) makes its lines the suspects, so a chunk with any number
+of conflicting lines costs a few requests per distinct conflict; anything else is halved until each
+refused line is alone. The refused lines are reported in :attr:`WriteReport.rejected` (with the
+server's message) for the quarantine, and every other line is written. Re-sending lines InfluxDB
+already took is harmless: a point written twice is the same point.
 
 :meth:`Sink.write` returns only when every line was acknowledged or isolated as refused; otherwise
-it raises :class:`FlushError` (with how many leading lines were acknowledged), and the handler fails
-the batch so the event source mapping retries it.
+it raises :class:`FlushError` (with how many leading lines were acknowledged, and, in its report,
+only the refusals among those), and the handler fails the batch so the event source mapping retries
+it.
 
 With ``concurrency`` above 1 (the InfluxDB v1 sink: ``INFLUX_WRITE_CONCURRENCY``), that many chunks
 are in flight at once; the server's per-request work overlaps, which on a batch of several chunks
 saves about a third of the flush time. The outcome is the one of writing them in order: the
 acknowledged lines are the chunks before the first one that failed (a later chunk that was written
-anyway is written again with the retried batch: the same points), and the report adds up every
-chunk's. After a failure, chunks not yet started are not started; the write returns only when no
-request of it is still in flight.
+anyway is written again with the retried batch: the same points; its refused lines are refused
+again then, and quarantined once), and the report adds up every chunk's counts. After a failure,
+chunks not yet started are not started; the write returns only when no request of it is still in
+flight.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -36,16 +45,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+from ..config import ConfigError
 from ..tracing import traced
+from .refusal import diagnose
+
+log = logging.getLogger(__name__)
 
 
 class SinkError(Exception):
-    """Base of the errors a sink's ``post`` raises."""
+    """Base of the errors a sink's ``post`` raises; ``body`` is the start of the server's answer."""
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None, body: str = ""
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.body = body
 
 
 class Retryable(SinkError):
@@ -64,7 +80,8 @@ class FlushError(RuntimeError):
     """Not every line was acknowledged: the batch must fail (and be retried by the mapping).
 
     ``acknowledged`` is the number of leading lines that were written (or isolated as refused)
-    before the failure, for partial batch responses.
+    before the failure, for partial batch responses; ``report.rejected`` holds only refusals among
+    them (the others are sent again with the redelivered records).
     """
 
     def __init__(self, message: str, acknowledged: int = 0):
@@ -74,31 +91,51 @@ class FlushError(RuntimeError):
 
 
 REFUSED_STATUSES = (400, 413, 422)
-#: Most extra requests spent isolating refused lines in one write; past it the batch fails (a server
-#: that refuses nearly everything is misconfigured, not holding a few bad points).
+#: Most requests spent isolating refused lines in one write; past it the batch fails (a server that
+#: refuses nearly everything for reasons it does not name is misconfigured, not holding a few bad points).
 MAX_SPLIT_REQUESTS = 400
+#: The least time worth starting a request with.
+MIN_REQUEST_SECONDS = 0.05
 
 
-def classify_status(status: int, message: str, retry_after: float | None = None) -> SinkError:
+def classify_status(status: int, message: str, retry_after: float | None = None, body: str = "") -> SinkError:
     if status == 429 or status >= 500:
-        return Retryable(message, status, retry_after)
+        return Retryable(message, status, retry_after, body)
     if status in REFUSED_STATUSES:
-        return Refused(message, status)
+        return Refused(message, status, body=body)
     if status in (401, 403):
         return Misconfigured(
-            f"{message} (check the token / user name and password and their permissions)", status
+            f"{message} (check the token / user name and password and their permissions)", status, body=body
         )
     if status == 404:
-        return Misconfigured(f"{message} (the database, bucket or organisation does not exist)", status)
-    return Misconfigured(f"{message} (unexpected answer)", status)
+        return Misconfigured(
+            f"{message} (the database, bucket or organisation does not exist)", status, body=body
+        )
+    return Misconfigured(f"{message} (unexpected answer)", status, body=body)
 
 
 @dataclass
 class Deadline:
-    """Time left in the invocation, less a reserve kept for reporting the outcome."""
+    """Time left in the invocation, less a reserve kept for reporting the outcome.
+
+    Built when the invocation starts: a reserve (``FLUSH_TIME_RESERVE``) that is not less than the
+    time the invocation has is a configuration error naming the setting (every write would
+    otherwise fail with "no time left").
+    """
 
     remaining_ms: Callable[[], int]
     reserve: float = 3.0
+
+    def __post_init__(self) -> None:
+        total = self.remaining_ms() / 1000.0
+        if self.reserve > 0 and self.reserve >= total:
+            raise ConfigError(
+                [
+                    f"FLUSH_TIME_RESERVE: {self.reserve:g} s is not less than the {total:.1f} s this "
+                    "invocation has (the function's timeout): no write would ever have time; lower "
+                    "FLUSH_TIME_RESERVE or raise the function's timeout"
+                ]
+            )
 
     def remaining(self) -> float:
         return self.remaining_ms() / 1000.0 - self.reserve
@@ -109,13 +146,15 @@ class WriteReport:
     lines: int = 0
     chunks: int = 0
     bytes: int = 0
-    attempts: int = 0
+    attempts: int = 0  # requests sent (every retry and every isolation request included)
     retries: int = 0
-    splits: int = 0
+    splits: int = 0  # steps taken to isolate refused lines (each costs one or two requests)
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     skipped_fields: int = 0  # fields the sink cannot carry (remote write: strings)
+    rewrites: int = 0  # refused samples the server already held, identical: acknowledged (remote write)
+    conflicts: int = 0  # aggregates the server already held with another value: its value kept
 
     def add_counts(self, other: WriteReport) -> None:
         """Add another report's request counts and errors (not its lines, chunks, time or refusals)."""
@@ -124,11 +163,20 @@ class WriteReport:
         self.retries += other.retries
         self.splits += other.splits
         self.skipped_fields += other.skipped_fields
+        self.rewrites += other.rewrites
+        self.conflicts += other.conflicts
         self.errors.extend(other.errors)
 
 
 def chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
     return [lines[i : i + size] for i in range(0, len(lines), size)]
+
+
+def _timestamp(line: str) -> int:
+    try:
+        return int(line.rsplit(" ", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 class Sink:
@@ -154,7 +202,7 @@ class Sink:
         self._pool: ThreadPoolExecutor | None = None  # created on the first concurrent write
 
     def post(self, body: bytes, timeout: float) -> None:
-        """Send one chunk; ``timeout`` bounds the request (never beyond the invocation's deadline)."""
+        """Send one chunk within ``timeout`` seconds, wall clock (never beyond the invocation's deadline)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -163,8 +211,8 @@ class Sink:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def encode(self, lines: Sequence[str], first: int) -> bytes:
-        """The request body of a chunk (``first``: its first line's index in the batch)."""
+    def encode(self, lines: Sequence[str], indexes: Sequence[int]) -> bytes:
+        """The request body of some lines (``indexes``: their positions in the batch)."""
         return ("\n".join(lines) + "\n").encode()
 
     @traced("## sink write")
@@ -172,11 +220,14 @@ class Sink:
         report = WriteReport(lines=len(lines))
         started = time.monotonic()
         parts = chunks(lines, self.batch_size)
-        if self.concurrency > 1 and len(parts) > 1:
-            self._write_concurrently(parts, deadline, report)
-        else:
-            self._write_in_order(parts, deadline, report)
-        report.seconds = time.monotonic() - started
+        try:
+            if self.concurrency > 1 and len(parts) > 1:
+                self._write_concurrently(parts, deadline, report)
+            else:
+                self._write_in_order(parts, deadline, report)
+        finally:
+            report.seconds = time.monotonic() - started  # a failed write's report (FlushError) too
+            report.rejected.sort()  # by line: isolation finds them in another order
         return report
 
     def _write_in_order(self, parts: list[Sequence[str]], deadline: Deadline, report: WriteReport) -> None:
@@ -187,8 +238,7 @@ class Sink:
                 report.chunks += 1
                 done += len(chunk)
         except FlushError as exc:
-            exc.acknowledged = done
-            exc.report = report  # lines refused (isolated) before the failure are in report.rejected
+            _fail(exc, done, report)
             raise
 
     def _write_concurrently(
@@ -226,8 +276,7 @@ class Sink:
             report.rejected.extend(own.rejected)
         if failure is not None:
             index, exc = failure
-            exc.acknowledged = firsts[index]
-            exc.report = report
+            _fail(exc, firsts[index], report)
             raise exc
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -235,56 +284,163 @@ class Sink:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-write")
         return self._pool
 
+    # -- one chunk, and isolating what the server refuses --------------------------------------------
     def _write_chunk(self, lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport) -> None:
-        body = self.encode(lines, first)
+        self._send(list(range(len(lines))), lines, first, deadline, report)
+
+    def _send(
+        self, part: list[int], lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport
+    ) -> bool:
+        """Write ``lines[i] for i in part``; True when the server took them all at the first request."""
+        if not part:
+            return True
+        body = self.encode([lines[i] for i in part], [first + i for i in part])
         try:
             self._post_with_retries(body, deadline, report)
-            report.bytes += len(body)
         except Refused as exc:
-            if len(lines) == 1:
-                report.rejected.append((first, str(exc)))
-                return
-            report.splits += 1
-            if report.splits > MAX_SPLIT_REQUESTS:
-                raise FlushError(
-                    f"{self.name}: the server refuses too many points to isolate them "
-                    f"({MAX_SPLIT_REQUESTS} splits); last answer: {exc}"
-                ) from exc
-            middle = len(lines) // 2
-            self._write_chunk(lines[:middle], first, deadline, report)
-            self._write_chunk(lines[middle:], first + middle, deadline, report)
+            self._isolate(part, lines, first, exc, deadline, report)
+            return False
+        report.bytes += len(body)
+        return True
 
+    def _isolate(
+        self,
+        part: list[int],
+        lines: Sequence[str],
+        first: int,
+        refusal: Refused,
+        deadline: Deadline,
+        report: WriteReport,
+    ) -> None:
+        """The request of exactly ``part`` was refused: find which of its lines, in few requests."""
+        if len(part) == 1:
+            report.rejected.append((first + part[0], str(refusal)))
+            return
+        report.splits += 1
+        if report.splits > MAX_SPLIT_REQUESTS:
+            raise FlushError(
+                f"{self.name}: the server refuses too many points to isolate them "
+                f"({MAX_SPLIT_REQUESTS} steps); last answer: {refusal}"
+            )
+        sent = [lines[i] for i in part]
+        found = diagnose(refusal.body or str(refusal), sent)
+        if found.named:  # the server named the refused lines: refuse them, send the rest again
+            for position in sorted(found.named):
+                report.rejected.append((first + part[position], f"{refusal}; {found.named[position]}"))
+            rest = [i for p, i in enumerate(part) if p not in found.named]
+            self._send(rest, lines, first, deadline, report)
+            return
+        if found.dropped is not None and found.dropped >= len(part):  # it refused every one of them
+            report.rejected.extend((first + i, str(refusal)) for i in part)
+            return
+        if found.conflict is not None:
+            matching = {p for p, line in enumerate(sent) if found.conflict.matches(line)}
+            if matching:
+                suspects = [i for p, i in enumerate(part) if p in matching]
+                others = [i for p, i in enumerate(part) if p not in matching]
+                clean = self._send(others, lines, first, deadline, report)
+                if clean and others and found.dropped == len(suspects):
+                    # The others were all taken (re-sent: a type once stored stays), so the dropped points
+                    # were the suspects: all of them.
+                    report.rejected.extend((first + i, str(refusal)) for i in suspects)
+                    return
+                if not clean:  # how many suspects were refused is unknown: ask with them alone
+                    self._send(suspects, lines, first, deadline, report)
+                    return
+                # Some suspects were taken, some refused: a field's type is kept per shard (a time
+                # range), so the refused ones are runs in time order. Halve them in that order.
+                suspects.sort(key=lambda i: _timestamp(lines[i]))
+                self._halve(suspects, lines, first, deadline, report)
+                return
+        self._halve(part, lines, first, deadline, report)
+
+    def _halve(
+        self, part: list[int], lines: Sequence[str], first: int, deadline: Deadline, report: WriteReport
+    ) -> None:
+        middle = len(part) // 2
+        self._send(part[:middle], lines, first, deadline, report)
+        self._send(part[middle:], lines, first, deadline, report)
+
+    # -- one request, retried ------------------------------------------------------------------------
     def _post_with_retries(self, body: bytes, deadline: Deadline, report: WriteReport) -> None:
         attempt = 0
+        started = time.monotonic()
         while True:
-            attempt += 1
             left = deadline.remaining()
-            if left <= 0:
-                last = f"; last error: {report.errors[-1]}" if report.errors else ""
-                raise FlushError(
-                    f"{self.name}: no time left in the invocation for a write "
-                    f"({attempt - 1} attempt(s) made{last})"
-                )
+            if left < MIN_REQUEST_SECONDS:
+                raise FlushError(self._gave_up(attempt, started, report, deadline, None))
+            attempt += 1
             report.attempts += 1
             try:
                 self.post(body, min(self.timeout, left))
                 return
             except Retryable as exc:
                 report.errors.append(str(exc))
-                wait = self._backoff(attempt, exc.retry_after)
                 left = deadline.remaining()
-                if wait >= left:
-                    raise FlushError(
-                        f"{self.name}: gave up after {attempt} attempt(s), {max(left, 0):.1f} s left in the "
-                        f"invocation: {exc}"
-                    ) from exc
+                wait = self._backoff(attempt, exc.retry_after)
+                if exc.retry_after is None:
+                    # Our own schedule: never wait so long that no attempt fits before the deadline (the
+                    # last waits shrink to half the time left, until too little is left to try again).
+                    wait = max(0.0, min(wait, left - min(self.timeout, left / 2)))
+                    if left - wait < 2 * MIN_REQUEST_SECONDS:
+                        raise FlushError(self._gave_up(attempt, started, report, deadline, None)) from exc
+                elif wait >= left - MIN_REQUEST_SECONDS:
+                    raise FlushError(self._gave_up(attempt, started, report, deadline, exc)) from exc
                 report.retries += 1
+                log.warning(
+                    "%s: write attempt %d failed: %s; retrying in %.2f s (%.1f s left before the "
+                    "invocation's deadline, less FLUSH_TIME_RESERVE)",
+                    self.name,
+                    attempt,
+                    exc,
+                    wait,
+                    left,
+                )
                 self.sleep(wait)
             except Misconfigured as exc:
                 raise FlushError(f"{self.name}: configuration error: {exc}") from exc
+
+    def _gave_up(
+        self,
+        attempts: int,
+        started: float,
+        report: WriteReport,
+        deadline: Deadline,
+        asked: Retryable | None,
+    ) -> str:
+        elapsed = time.monotonic() - started
+        if asked is not None:
+            return (
+                f"{self.name}: gave up after {attempts} attempt(s) in {elapsed:.1f} s: {asked}; the server "
+                f"asked to wait {asked.retry_after:.1f} s (Retry-After), which would pass the invocation's "
+                f"deadline (less FLUSH_TIME_RESERVE={deadline.reserve:g} s)"
+            )
+        if attempts == 0:
+            return (
+                f"{self.name}: no time was left for a write before the invocation's deadline "
+                f"(FLUSH_TIME_RESERVE={deadline.reserve:g} s is kept back to report the outcome)"
+            )
+        last = f": the last one failed with {report.errors[-1]}" if report.errors else ""
+        return (
+            f"{self.name}: gave up after {attempts} attempt(s) in {elapsed:.1f} s{last}; no time is left for "
+            f"another before the invocation's deadline (FLUSH_TIME_RESERVE={deadline.reserve:g} s is kept "
+            "back to report the outcome)"
+        )
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_retry_wait)
         ceiling = min(self.max_retry_wait, self.base_delay * 2 ** min(attempt - 1, 30))  # no float overflow
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _fail(exc: FlushError, acknowledged: int, report: WriteReport) -> None:
+    """Attach the outcome to a failed write: the acknowledged prefix and the refusals within it only.
+
+    A line refused after the first unacknowledged one (in the failed chunk, or in a later chunk
+    written concurrently) belongs to a record that is delivered again: it is refused again then.
+    Quarantining it now would count its record twice.
+    """
+    exc.acknowledged = acknowledged
+    report.rejected = [(index, message) for index, message in report.rejected if index < acknowledged]
+    exc.report = report
