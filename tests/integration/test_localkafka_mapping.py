@@ -307,3 +307,25 @@ def test_produce_names_an_unreachable_broker(capsys) -> None:
     argv = ["produce", "--bootstrap", "127.0.0.1:9", "--topic", "t", "--samples", "--connect-timeout", "0.5"]
     assert cli.main(argv) == 1
     assert "cannot reach a Kafka broker at 127.0.0.1:9 within 0.5 s" in capsys.readouterr().err
+
+
+def test_the_final_lag_counts_every_uncommitted_record_after_a_failed_batch(tansu: TansuServer) -> None:
+    """Regression: the lag left out the partitions the failed batch had not read yet (1 333 of 2 000
+    uncommitted records over 3 partitions, when the batch came from two of them)."""
+    topic, group = unique("lag"), unique("g")
+    publish(tansu, topic, values(30), partitions=3)
+    stats = EventSourceMapping(options(tansu, topic, group, max_batches=1), Recorder()).run()
+    committed = sum(tansu.committed_offsets(group).values())
+    assert 0 < committed < 30 and stats.lag == 30 - committed
+
+    def script(call: int, event: dict[str, Any]) -> Any:
+        raise RuntimeError("InfluxDB is down")
+
+    handler = Recorder(script)
+    mapping = EventSourceMapping(options(tansu, topic, group, max_retries=0), handler)
+    with pytest.raises(MappingError):
+        mapping.run()
+    read = {r[0] for r in handler.deliveries()}
+    assert len(read) < 3, "the failed batch read every partition: the regression is not exercised"
+    assert sum(tansu.committed_offsets(group).values()) == committed
+    assert mapping.stats.lag == 30 - committed

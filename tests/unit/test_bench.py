@@ -1,11 +1,13 @@
 """``refinery bench``: a quick run writes every non-server figure; the synthetic traffic is nozzle-exact.
 
 Whether the targets are met is what the benchmark reports, not what this test checks: it checks that
-every measurement happened and produced a number.
+every measurement happened and produced a number, that the exit code says whether a target was
+missed (3) or a measurement failed (1), and that the tracked document is written only when asked.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import re
 from pathlib import Path
@@ -38,7 +40,7 @@ def test_quick_run_writes_every_figure_without_servers(
 ) -> None:
     output = tmp_path / "performance.md"
 
-    assert bench.main(["--quick", "--skip-servers", "--output", str(output)]) == 0
+    code = bench.main(["--quick", "--skip-servers", "--output", str(output)])
 
     text = output.read_text(encoding="utf-8")
     for heading in ("| date |", "| commit |", "| python |", "| machine |", "| workload |"):
@@ -58,6 +60,54 @@ def test_quick_run_writes_every_figure_without_servers(
         assert row["ours"] != "—" and row["baseline"] != "—", row
     printed = capsys.readouterr().out
     assert "1. core cost per record vs decode floor" in printed and str(output) in printed
+    missed = any(row["result"] == "MISS" for row in rows.values())
+    assert code == (3 if missed else 0)  # a missed target is a failed run
+
+
+def test_a_run_writes_the_tracked_document_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracked = tmp_path / "docs" / "performance.md"
+    monkeypatch.setattr(bench, "default_output", lambda: tracked)
+
+    code = bench.main(["--quick", "--skip-servers"])
+
+    assert not tracked.exists()
+    captured = capsys.readouterr()
+    assert "no file written: --write-doc updates docs/performance.md" in captured.out
+    assert code == (3 if "MISS" in captured.out else 0)
+    parser_args = {"output": None, "write_doc": True}
+    assert bench.doc_path(argparse.Namespace(**parser_args)) == tracked
+    assert bench.doc_path(argparse.Namespace(output=tmp_path / "x.md", write_doc=False)) == tmp_path / "x.md"
+    assert bench.doc_path(argparse.Namespace(output=None, write_doc=False)) is None
+
+
+def rows_with(*statuses: str) -> list[bench.Row]:
+    return [
+        bench.Row(f"k{i}", f"{i}. figure", ours="1 µs", target="≤ 1.00×", status=status)
+        for i, status in enumerate(statuses)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        (("PASS", "INFO", "SKIP"), 0),
+        (("PASS", "MISS", "INFO"), 3),
+        (("MISS", "ERROR"), 1),
+    ],
+)
+def test_the_exit_code_says_whether_every_target_was_met(
+    statuses: tuple[str, ...], code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "perf.md"
+    assert bench.report(rows_with(*statuses), {"date": "today"}, output, 1.0) == code
+    assert output.read_text().startswith("# Performance")
+    err = capsys.readouterr().err
+    for i, status in enumerate(statuses):
+        assert (f"{status}: {i}. figure (1 µs against target ≤ 1.00×)" in err) == (
+            status in ("MISS", "ERROR")
+        )
 
 
 def test_nozzle_json_reproduces_the_bundled_samples_byte_for_byte() -> None:

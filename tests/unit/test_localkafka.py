@@ -434,3 +434,32 @@ def test_sink_urls_are_shown_without_credentials() -> None:
 
     assert _safe_url("http://user:secret@[::1]:8086/x?db=cf") == "http://[::1]:8086/x?db=cf"
     assert _safe_url("https://influx.example.com") == "https://influx.example.com"
+
+
+def test_the_summary_says_where_quarantined_records_went(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    stats = ConsumeStats(quarantine_root="refinery-quarantine/quarantine/")
+    stats.mark_active()
+    for n, where in ((1, "refinery-quarantine/quarantine/2018/09/21/t-0-0-a.jsonl.gz"), (2, None)):
+        stats.acknowledged(
+            5, {"written": 4, "quarantined_by_reason": {"not_json": n}, "quarantine_object": where}
+        )
+    stats.committed = {"t-0": 10}
+    stats.print_summary(sys.stderr)
+    table = capsys.readouterr().err
+    assert (
+        f"  {'quarantine':<13} {'1':>12}  object(s) under refinery-quarantine/quarantine/; latest"
+        " refinery-quarantine/quarantine/2018/09/21/t-0-0-a.jsonl.gz; replay them with:"
+        " refinery replay refinery-quarantine/quarantine/"
+    ) in table
+    assert f"  {'committed':<13} {'':>12}  t-0 10" in table
+    assert stats.as_dict()["quarantine_objects"] == [
+        "refinery-quarantine/quarantine/2018/09/21/t-0-0-a.jsonl.gz"
+    ]
+
+    stats.dry_run = True
+    stats.print_summary(sys.stderr)
+    table = capsys.readouterr().err
+    assert "dry run: nothing written (the records were printed on stderr)" in table
+    assert "nothing (dry run); would have committed t-0 10" in table

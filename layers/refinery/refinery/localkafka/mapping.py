@@ -12,6 +12,11 @@ It behaves like Lambda's mapping for MSK / self-managed Kafka, so what works her
   only if it succeeded; a batch waiting for a retry is abandoned uncommitted. Nothing is committed
   twice, and nothing the handler has not acknowledged is ever committed — delivery is at least once.
 
+With ``commit=False`` (``refinery consume --dry-run``) it changes nothing in Kafka: it does not join the
+consumer group (no rebalance of the group's real members) and commits nothing. It reads the group's
+committed offsets once, starts there (or at ``starting_position`` for a partition without one), and
+reports what it *would* have committed.
+
 The consumer's partitions are paused, not left unpolled, while it waits for a retry, so it stays in
 its group however long the handler keeps failing.
 """
@@ -59,6 +64,7 @@ class MappingOptions:
     progress_interval: float = 5.0
     session_timeout: float = 10.0
     connect_timeout: float = 10.0
+    commit: bool = True  # False: a dry run, outside the group, committing nothing
 
 
 class EventSourceMapping:
@@ -72,7 +78,8 @@ class EventSourceMapping:
         self._stopping = False
         self._assigned: set[TP] = set()
         self._revoked: set[TP] = set()
-        self._committed: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}  # committed by this run (would be, in a dry run)
+        self._group_offsets: dict[TP, int] = {}  # the group's committed offsets at the start (dry run)
         self._pending: dict[TP, int] = {}
         self._first_read: dict[TP, int] = {}
         self._failures = 0  # consecutive failed or partially failed invocations
@@ -109,25 +116,40 @@ class EventSourceMapping:
 
         opts = self.options
         session_ms = int(opts.session_timeout * 1000)
+        group: dict[str, Any] = (
+            {
+                "group_id": opts.group,
+                "session_timeout_ms": session_ms,
+                "heartbeat_interval_ms": max(session_ms // 3, 100),
+                "max_poll_interval_ms": max(300_000, int(opts.function_timeout * 2000)),
+            }
+            if opts.commit
+            else {"group_id": None}  # a dry run stays out of the group: its members are not disturbed
+        )
         self.consumer = open_consumer(
             opts.bootstrap,
             connect_timeout=opts.connect_timeout,
-            group_id=opts.group,
             client_id=f"refinery-consume-{opts.group}",
             enable_auto_commit=False,
             auto_offset_reset=opts.starting_position,
-            session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(session_ms // 3, 100),
-            max_poll_interval_ms=max(300_000, int(opts.function_timeout * 2000)),
             max_poll_records=opts.batch_size,
+            **group,
         )
         interrupted = False
         try:
             self._check_topics()
-            self.consumer.subscribe(opts.topics, listener=Listener())
+            if opts.commit:
+                self.consumer.subscribe(opts.topics, listener=Listener())
+            else:
+                self._assign_outside_the_group()
             self.subscribed = True
+            how = (
+                f"as group {opts.group!r}"
+                if opts.commit
+                else f"from group {opts.group!r}'s committed offsets, outside the group, committing nothing"
+            )
             self.say(
-                f"consuming {', '.join(opts.topics)} from {opts.bootstrap} as group {opts.group!r}"
+                f"consuming {', '.join(opts.topics)} from {opts.bootstrap} {how}"
                 f" (batch size {opts.batch_size}, window {opts.batching_window:g} s, {opts.source})"
             )
             self._next_progress = time.monotonic() + opts.progress_interval
@@ -139,10 +161,50 @@ class EventSourceMapping:
             try:
                 if not interrupted:
                     self._commit({})  # offsets acknowledged earlier whose commit failed
-                self.stats.lag = self._lag()
+                self.stats.lag = self._final_lag()
             finally:
                 self.consumer.close(autocommit=False, timeout_ms=3000)
         return self.stats
+
+    def _assign_outside_the_group(self) -> None:
+        """Dry run: every partition of the topics, from the group's committed offsets (read, not joined)."""
+        from kafka import TopicPartition
+        from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        from .connect import parse_bootstrap
+
+        opts = self.options
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=parse_bootstrap(opts.bootstrap),
+                request_timeout_ms=int(max(opts.connect_timeout, 5.0) * 1000),
+            )
+            try:
+                offsets = admin.list_group_offsets(opts.group).get(opts.group, {})
+            finally:
+                admin.close()
+        except KafkaError as exc:
+            raise KafkaUnavailable(
+                f"cannot read the committed offsets of group {opts.group!r} on {opts.bootstrap}:"
+                f" {describe_error(exc)}"
+            ) from None
+        self._group_offsets = {
+            (tp.topic, tp.partition): meta.offset
+            for tp, meta in offsets.items()
+            if tp.topic in opts.topics and meta.offset >= 0
+        }
+        parts = [
+            TopicPartition(topic, partition)
+            for topic in opts.topics
+            for partition in sorted(self.consumer.partitions_for_topic(topic) or ())
+        ]
+        self.consumer.assign(parts)
+        for tp in parts:
+            offset = self._group_offsets.get((tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        self._on_assigned({(tp.topic, tp.partition) for tp in parts})
 
     def _check_topics(self) -> None:
         from kafka.errors import KafkaError
@@ -292,7 +354,8 @@ class EventSourceMapping:
         return outcome, summary
 
     def _commit(self, offsets: dict[TP, int]) -> None:
-        """Commit (with any earlier failed commit) what advances; a failed commit is retried next time."""
+        """Commit (with any earlier failed commit) what advances; a failed commit is retried next time.
+        In a dry run nothing is committed: what would have been is remembered and reported."""
         from kafka import OffsetAndMetadata, TopicPartition
         from kafka.errors import KafkaError
 
@@ -302,6 +365,12 @@ class EventSourceMapping:
         todo = {tp: o for tp, o in merged.items() if tp in self._assigned and o > self._committed.get(tp, -1)}
         if not todo:
             self._pending = {}
+            return
+        if not self.options.commit:
+            self._pending = {}
+            self._committed.update(todo)
+            for (topic, partition), offset in todo.items():
+                self.stats.committed[partition_key(topic, partition)] = offset
             return
         try:
             self.consumer.commit(
@@ -372,14 +441,22 @@ class EventSourceMapping:
         self.stats.lag = self._lag()
         print(self.stats.progress_line(), file=self.err, flush=True)
 
+    def _base(self, tp: TP) -> int | None:
+        """Where the group stands on a partition, without asking the broker: this run's commit, else the
+        group's commit read at the start (dry run), else the first offset read (the group's position)."""
+        base = self._committed.get(tp)
+        if base is None:
+            base = self._group_offsets.get(tp, self._first_read.get(tp))
+        return base
+
     def _lag(self) -> int | None:
-        """Records not yet committed: per assigned partition, its high watermark less the committed
-        offset (or, before the first commit, the first offset read)."""
+        """Progress lines: records not yet committed, per assigned partition its high watermark less
+        :meth:`_base`, over the partitions both are known for (no request to the broker)."""
         from kafka import TopicPartition
 
         total, known = 0, False
         for tp in self._assigned:
-            base = self._committed.get(tp, self._first_read.get(tp))
+            base = self._base(tp)
             try:
                 high = self.consumer.highwater(TopicPartition(*tp))
             except Exception:  # not assigned any more: no lag to report for it
@@ -389,6 +466,75 @@ class EventSourceMapping:
             total += max(0, high - base)
             known = True
         return total if known else None
+
+    def _final_lag(self) -> int | None:
+        """The summary's lag, exact: per assigned partition, its end less the group's committed offset
+        — for a partition this run never read or committed, the offset the group has (or, with none,
+        where ``starting_position`` starts). The end is the high watermark of a fetch (probed for the
+        partitions this run did not fetch) and the broker's end offset, whichever is higher: some
+        brokers (Tansu) answer ListOffsets with the last batch's base offset. The progress line's
+        estimate when the broker cannot be asked."""
+        from kafka import TopicPartition
+
+        if not self._assigned:
+            return None
+        parts = {tp: TopicPartition(*tp) for tp in self._assigned}
+        try:
+            ends = self.consumer.end_offsets(list(parts.values()), timeout_ms=5000)
+            bases = {tp: self._base(tp) for tp in parts}
+            missing = [tp for tp, base in bases.items() if base is None]
+            for tp in missing:
+                if self.options.commit:
+                    bases[tp] = self.consumer.committed(parts[tp], timeout_ms=5000)
+            unstarted = [parts[tp] for tp in missing if bases[tp] is None]
+            if unstarted:
+                origin = (
+                    self.consumer.beginning_offsets(unstarted, timeout_ms=5000)
+                    if self.options.starting_position == "earliest"
+                    else {p: ends[p] for p in unstarted}
+                )
+                bases.update({(p.topic, p.partition): o for p, o in origin.items()})
+            highs = {tp: self.consumer.highwater(part) for tp, part in parts.items()}
+            unknown = {tp: bases[tp] for tp, high in highs.items() if high is None and bases[tp] is not None}
+            highs.update(self._probe_highwaters(unknown) if unknown else {})
+        except Exception:  # the broker went away at the end: the estimate is better than nothing
+            return self._lag()
+        total = 0
+        for tp, part in parts.items():
+            end = max((e for e in (ends.get(part), highs.get(tp)) if e is not None), default=None)
+            if bases[tp] is not None and end is not None:
+                total += max(0, end - bases[tp])
+        return total
+
+    def _probe_highwaters(self, starts: dict[TP, int], timeout: float = 5.0) -> dict[TP, int]:
+        """High watermarks of partitions this run did not fetch: a throwaway consumer outside any
+        group fetches from ``starts`` (nothing is committed) until each partition answered once."""
+        from kafka import TopicPartition
+
+        probe = open_consumer(
+            self.options.bootstrap,
+            connect_timeout=self.options.connect_timeout,
+            group_id=None,
+            client_id=f"refinery-consume-{self.options.group}-lag",
+            enable_auto_commit=False,
+        )
+        found: dict[TP, int] = {}
+        try:
+            parts = {tp: TopicPartition(*tp) for tp in starts}
+            probe.assign(list(parts.values()))
+            for tp, offset in starts.items():
+                probe.seek(parts[tp], offset)
+            deadline = time.monotonic() + timeout
+            while len(found) < len(parts) and time.monotonic() < deadline:
+                probe.poll(timeout_ms=200, max_records=500)
+                for tp, part in parts.items():
+                    high = probe.highwater(part)
+                    if tp not in found and high is not None:
+                        found[tp] = high
+                        probe.pause(part)
+        finally:
+            probe.close(autocommit=False)
+        return found
 
 
 def _acknowledged_records(batch: Batch, outcome: Outcome) -> int:

@@ -38,6 +38,9 @@ class ConsumeStats:
     lag: int | None = None
     last_error: str = ""
     stop_reason: str = ""
+    dry_run: bool = False  # nothing written or committed: ``committed`` is what would have been
+    quarantine_objects: list[str] = field(default_factory=list)  # where quarantined records went
+    quarantine_root: str = ""  # the quarantine's directory or s3:// prefix (what to replay)
 
     def acknowledged(self, records: int, summary: Any, *, whole: bool = True) -> None:
         """One invocation that succeeded, wholly or in part: ``records`` were acknowledged. A partial
@@ -50,6 +53,9 @@ class ConsumeStats:
             self.points += int(summary.get("points", 0))
             self.dropped.update(summary.get("dropped_by_reason") or {})
             self.quarantined.update(summary.get("quarantined_by_reason") or {})
+            where = summary.get("quarantine_object")
+            if where and where not in self.quarantine_objects:
+                self.quarantine_objects.append(str(where))
 
     def mark_active(self) -> None:
         if self.active_since is None:
@@ -104,7 +110,24 @@ class ConsumeStats:
             "lag": self.lag,
             "last_error": self.last_error,
             "stop_reason": self.stop_reason,
+            "dry_run": self.dry_run,
+            "quarantine_objects": list(self.quarantine_objects),
         }
+
+    def quarantine_row(self) -> tuple[str, str, str] | None:
+        """Where the quarantined records went, and how to replay them (None: none quarantined)."""
+        if not sum(self.quarantined.values()):
+            return None
+        count = len(self.quarantine_objects)
+        if self.dry_run:
+            return ("quarantine", "", "dry run: nothing written (the records were printed on stderr)")
+        where = self.quarantine_root or (self.quarantine_objects[0] if self.quarantine_objects else "?")
+        latest = f"; latest {self.quarantine_objects[-1]}" if self.quarantine_objects else ""
+        return (
+            "quarantine",
+            _n(count),
+            f"object(s) under {where}{latest}; replay them with: refinery replay {where}",
+        )
 
     def print_summary(self, out: TextIO) -> None:
         rows = [
@@ -117,6 +140,7 @@ class ConsumeStats:
             ("written", _n(self.written), f"points {_n(self.points)}"),
             ("dropped", _n(sum(self.dropped.values())), _reasons(self.dropped)),
             ("quarantined", _n(sum(self.quarantined.values())), _reasons(self.quarantined)),
+            *([row] if (row := self.quarantine_row()) else []),
             (
                 "batches",
                 _n(self.batches),
@@ -133,9 +157,19 @@ class ConsumeStats:
         if self.commit_failures:
             rows.append(("commit errors", _n(self.commit_failures), "those records will be delivered again"))
         committed = ", ".join(f"{k} {_n(v)}" for k, v in sorted(self.committed.items()))
-        rows.append(("committed", "", committed or "nothing"))
+        if self.dry_run:
+            rows.append(
+                ("committed", "", "nothing (dry run); would have committed " + (committed or "nothing"))
+            )
+        else:
+            rows.append(("committed", "", committed or "nothing"))
         if self.lag is not None:
-            rows.append(("lag", _n(self.lag), "records in the topics not committed yet"))
+            what = (
+                "records in the topics after those the dry run read"
+                if self.dry_run
+                else "records in the topics the group has not committed yet"
+            )
+            rows.append(("lag", _n(self.lag), what))
         print(f"refinery consume: {self.stop_reason or 'stopped'}", file=out)
         for name, value, detail in rows:
             print(f"  {name:<13} {value:>12}  {detail}".rstrip(), file=out)
