@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: setup servers lint test unit integration demo bench build validate clean
+.PHONY: setup servers lint test unit integration demo bench bench-doc build validate clean
 
 setup: $(STAMP)
 
@@ -41,12 +41,19 @@ test: servers setup lint validate build
 demo: setup
 	$(BIN)/refinery demo
 
-bench: servers setup
+# `make bench` prints the figures and exits 3 if a target is missed; `make bench-doc` also rewrites the
+# tracked docs/performance.md (commit it with the code it measured). Both build first: the cold-start
+# rows run the built functions in an emulation of Lambda (refinery/devtools/coldstart.py).
+bench: servers setup build
 	$(BIN)/refinery bench
+
+bench-doc: servers setup build
+	$(BIN)/refinery bench --write-doc
 
 # `sam build` without containers needs the functions' runtime (python3.12) on PATH: found or installed
 # by the script, and put first on PATH for this command only. The refinery layer's compiled fast path
-# is built for it with the venv's Cython; here a failure to build it is an error, not a warning.
+# is built for it with the venv's Cython; a plain `sam build` also fails without it (unless
+# REFINERY_ALLOW_PURE_PYTHON=1), and here even that opt-out is refused (REFINERY_REQUIRE_FASTPATH=1).
 build: setup
 	@py312="$$(bash scripts/ensure-python312.sh)" && PATH="$$py312:$$PATH" \
 		CYTHON="$(abspath $(BIN)/cython)" PY312="$$py312/python3.12" REFINERY_REQUIRE_FASTPATH=1 \

@@ -9,6 +9,7 @@ DependenciesLayer of `sam build` (which `make test` runs before pytest).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -69,13 +70,16 @@ def built_layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_the_layer_holds_the_package_and_one_extension_for_the_runtime(built_layer: tuple[Path, str]) -> None:
     python_dir, _ = built_layer
     package = python_dir / "refinery"
-    assert (package / "pipeline.py").is_file() and (package / "data").is_dir()
+    assert (package / "pipeline.py").is_file()
+    assert not [name for name in ("devtools", "localkafka", "cli.py", "data") if (package / name).exists()]
     extensions = sorted(p.name for p in package.rglob("*.so"))
     assert extensions == [f"_record_fastpath{RUNTIME_SUFFIX}"]
-    leftovers = [
-        p for p in package.rglob("*") if p.suffix in (".c", ".pyx", ".pyc") or p.name == "__pycache__"
-    ]
+    leftovers = [p for p in package.rglob("*") if p.suffix in (".c", ".pyx")]
     assert leftovers == []
+    # bytecode for the runtime only: one hash-based .pyc per module (test_lambda_emulation.py checks them)
+    pycs = sorted(p.name for p in package.rglob("*.pyc"))
+    assert pycs and all(name.endswith(".cpython-312.pyc") for name in pycs)
+    assert len(pycs) == len(list(package.rglob("*.py")))
 
 
 def test_the_extension_is_x86_64_and_needs_no_newer_glibc_than_the_runtime(
@@ -91,24 +95,26 @@ def test_the_extension_is_x86_64_and_needs_no_newer_glibc_than_the_runtime(
     assert max(versions) <= MAX_GLIBC, f"needs glibc {max(versions)}, the runtime has {MAX_GLIBC}"
 
 
+# Only the runtime package is in the layer (no devtools): the workload comes from files the test writes.
 CHECK_UNDER_312 = """
-import sys
-from refinery.devtools.unavailable import unavailable
+import json, sys
 from refinery import speedups
-from refinery.devtools import bench
+from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import transform_batch
 
 assert sys.version_info[:2] == (3, 12), sys.version
 assert speedups.IMPLEMENTATION == "compiled", speedups.UNAVAILABLE_REASON
 assert speedups.transform_run.__module__ == "refinery._record_fastpath"
-work = bench.build_workload(3000, 300, 100)
-store = bench.new_store(work.snapshot)
-bench.start_invocation(store)
-fast = transform_batch(work.event, store)
-bench.start_invocation(store)
-pure = transform_batch(work.event, store, fast_path=False)
+event_path, snapshot_path, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(event_path) as handle:
+    event = json.load(handle)
+store = MetadataStore(FileSnapshotSource(snapshot_path))
+store.begin_invocation()
+fast = transform_batch(event, store)
+store.begin_invocation()
+pure = transform_batch(event, store, fast_path=False)
 assert fast.lines == pure.lines, (len(fast.lines), len(pure.lines))
-assert len(fast.lines) == work.expected_points
+assert len(fast.lines) == expected
 assert fast.result.summary() | {"seconds": 0} == pure.result.summary() | {"seconds": 0}
 print(len(fast.lines))
 """
@@ -121,10 +127,17 @@ def test_the_runtime_build_gives_the_pure_python_lines_under_python_312(
     dependencies = ROOT / ".aws-sam/build/DependenciesLayer/python"
     if not (dependencies / "orjson").is_dir():
         unavailable(f"the dependencies built for Python 3.12 are not in {dependencies} (run `make build`)")
+    from refinery.devtools import bench
+
+    work = bench.build_workload(3000, 300, 100)
+    files = python_dir.parent / "workload"
+    files.mkdir(exist_ok=True)
+    (files / "event.json").write_text(json.dumps(work.event))
+    (files / "apps.json.gz").write_bytes(work.snapshot)
     env = {**os.environ, "PYTHONPATH": f"{python_dir}{os.pathsep}{dependencies}", "PYTHONNOUSERSITE": "1"}
     env.pop("REFINERY_PURE_PYTHON", None)
-    done = subprocess.run(
-        [py312, "-c", CHECK_UNDER_312], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    argv = [str(files / "event.json"), str(files / "apps.json.gz"), str(work.expected_points)]
+    command = [py312, "-c", CHECK_UNDER_312, *argv]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) > 2500

@@ -145,7 +145,8 @@ def test_no_wildcard_actions_or_resources() -> None:
 def test_only_the_refresh_function_writes_the_snapshot() -> None:
     for name in ("EnricherFunction", "SelfManagedEnricherFunction"):
         by_sid = {s["Sid"]: s for s in statements(name)}
-        assert actions(by_sid["ReadSnapshot"]) == ["s3:GetObject"]
+        # the tag: when a refresh last listed the snapshot's content (SnapshotAge)
+        assert actions(by_sid["ReadSnapshot"]) == ["s3:GetObject", "s3:GetObjectTagging"]
         assert by_sid["ReadSnapshot"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/${MetadataKey}"}
         assert by_sid["WriteQuarantine"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/quarantine/*"}
         writes = [s for s in statements(name) if "s3:PutObject" in actions(s)]
@@ -155,7 +156,11 @@ def test_only_the_refresh_function_writes_the_snapshot() -> None:
             {"Sub": "${FailedBatchesBucket.Arn}/*"},
         ]
     refresh = {s["Sid"]: s for s in statements("MetadataRefreshFunction")}
-    assert sorted(actions(refresh["ReadAndWriteSnapshot"])) == ["s3:GetObject", "s3:PutObject"]
+    assert sorted(actions(refresh["ReadAndWriteSnapshot"])) == [
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:PutObjectTagging",
+    ]
     assert refresh["ReadAndWriteSnapshot"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/${MetadataKey}"}
 
 
@@ -345,3 +350,108 @@ def test_the_translated_template_attaches_only_known_managed_policies_and_no_wil
         "AWSLambdaVPCAccessExecutionRole",
         "AWSLambdaMSKExecutionRole",
     }, managed
+
+
+# ------------------------------------------------------ issue 15: schedule name, lifecycle, CA bundles
+
+
+def _translated(parameters: dict[str, Any] | None = None, monkeypatch: Any = None) -> dict[str, Any]:
+    """The template as SAM translates it (what CloudFormation receives), code locations faked."""
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    template = yaml_parse(TEMPLATE.read_text())
+    for resource in template["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = "s3://bucket/key"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    return transform(template, parameters or {}, NoManagedPolicies())
+
+
+def test_the_refresh_schedule_has_no_fixed_name_so_two_stacks_can_share_an_account(monkeypatch: Any) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    translated = _translated()
+    schedules = {n: r for n, r in translated["Resources"].items() if r["Type"] == "AWS::Scheduler::Schedule"}
+    assert list(schedules) == ["MetadataRefreshFunctionRefresh"]
+    props = schedules["MetadataRefreshFunctionRefresh"]["Properties"]
+    assert "Name" not in props  # CloudFormation then names it <stack>-MetadataRefreshFunctionRefresh-<id>
+    assert props["ScheduleExpression"] == {"Ref": "RefreshSchedule"}
+    for name, resource in translated["Resources"].items():  # and nothing else has a fixed name
+        if resource["Type"] == "AWS::Lambda::Alias":
+            continue  # "live" (AutoPublishAlias): an alias's name is its function's, not the account's
+        fixed = {k: v for k, v in resource.get("Properties", {}).items() if k.endswith("Name")}
+        for key, value in fixed.items():
+            if key in ("FunctionName", "DashboardName", "RoleName", "BucketName", "TopicName", "Name"):
+                assert not isinstance(value, str), (name, key, value)
+
+
+def test_the_metadata_bucket_expires_old_versions_and_optionally_the_quarantine(monkeypatch: Any) -> None:
+    template = _template()
+    assert template["Parameters"]["NoncurrentVersionExpirationDays"]["Default"] == 30
+    assert template["Parameters"]["QuarantineExpirationDays"]["Default"] == 0
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    translated = _translated()
+    bucket = translated["Resources"]["MetadataBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    noncurrent, quarantine = bucket["LifecycleConfiguration"]["Rules"]
+    assert noncurrent == {
+        "Id": "ExpireNoncurrentVersions",
+        "Status": "Enabled",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": {"Ref": "NoncurrentVersionExpirationDays"}},
+        "ExpiredObjectDeleteMarker": True,
+    }
+    assert quarantine == {
+        "Fn::If": [
+            "HasQuarantineExpiration",
+            {
+                "Id": "ExpireQuarantine",
+                "Status": "Enabled",
+                "Prefix": "quarantine/",
+                "ExpirationInDays": {"Ref": "QuarantineExpirationDays"},
+            },
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert translated["Conditions"]["HasQuarantineExpiration"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "QuarantineExpirationDays"}, "0"]}]
+    }
+    # the enricher writes quarantine objects under the prefix the rule expires
+    enricher = {s["Sid"]: s for s in statements("EnricherFunction")}
+    assert enricher["WriteQuarantine"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/quarantine/*"}
+
+
+def test_ca_bundles_are_parameters_a_path_or_a_secret_the_functions_may_read() -> None:
+    template = _template()
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    for prefix, parameter in (("CF", "CfCaBundle"), ("INFLUX", "InfluxCaBundle"), ("PROM", "PromCaBundle")):
+        assert template["Parameters"][parameter]["Default"] == ""
+        condition = f"{parameter}IsSecret"
+        assert template["Conditions"][condition] == {
+            "Equals": [{"Select": [0, {"Split": [":", {"Ref": parameter}]}]}, "arn"]
+        }
+        assert env[f"{prefix}_CA_BUNDLE"] == {"If": [condition, "", {"Ref": parameter}]}
+        assert env[f"{prefix}_CA_BUNDLE_SECRET"] == {"If": [condition, {"Ref": parameter}, ""]}
+        readers = ["EnricherFunction", "SelfManagedEnricherFunction"]
+        readers += ["MetadataRefreshFunction"] if prefix == "CF" else []
+        sid = f"Read{parameter}"
+        for function in readers:
+            policy = resources()[function]["Properties"]["Policies"][0]["Statement"]
+            (guarded,) = [st["If"] for st in policy if "If" in st and st["If"][1].get("Sid") == sid]
+            assert guarded[0] == condition
+            assert guarded[1]["Action"] == "secretsmanager:GetSecretValue"
+            assert guarded[1]["Resource"] == {"Ref": parameter}
+            assert guarded[2] == {"Ref": "AWS::NoValue"}
+
+
+def test_every_ca_bundle_setting_is_passed_to_the_functions() -> None:
+    from refinery.config import SETTINGS
+
+    env = _template()["Globals"]["Function"]["Environment"]["Variables"]
+    bundles = [s.name for s in SETTINGS if s.name.endswith("_CA_BUNDLE")]
+    assert sorted(bundles) == ["CF_CA_BUNDLE", "INFLUX_CA_BUNDLE", "PROM_CA_BUNDLE"]
+    assert all(name in env and f"{name}_SECRET" in env for name in bundles)

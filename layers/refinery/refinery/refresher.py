@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from . import snapstart
 from .config import ConfigError, load_config
 from .enricher import cloud_controller_client
 from .metadata.refresh import refresh_snapshot
@@ -26,6 +27,8 @@ from .tracing import trace_handler
 
 logger = make_logger()
 metrics = make_metrics()
+# SnapStart only: the Cloud Controller client's modules and the AWS clients' data, before the snapshot
+snapstart.prepare(("refinery.metadata.cc_client",), ("s3", "secretsmanager"))
 
 #: Seconds kept back from the function's timeout, so a failure can still be reported.
 TIME_RESERVE = 5.0
@@ -45,14 +48,14 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     assert config.cf is not None and config.metadata_bucket is not None
     force = config.refresh_force or bool(isinstance(event, dict) and event.get("force") is True)
     deadline = time.monotonic() + max(1.0, context.get_remaining_time_in_millis() / 1000.0 - TIME_RESERVE)
-    import boto3
+    from . import aws
 
     client = cloud_controller_client(config.cf)
     started = time.monotonic()
     try:
         result = refresh_snapshot(
             client,
-            boto3.client("s3"),
+            aws.client("s3"),
             config.metadata_bucket,
             config.metadata_key,
             source=config.cf.api_url,
