@@ -48,14 +48,16 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     assert config.cf is not None and config.metadata_bucket is not None
     force = config.refresh_force or bool(isinstance(event, dict) and event.get("force") is True)
     deadline = time.monotonic() + max(1.0, context.get_remaining_time_in_millis() / 1000.0 - TIME_RESERVE)
-    from . import aws
+    from .s3 import BoundedClient, make_client
 
+    # Every S3 call ends by the deadline (a hung S3 must not outlive the invocation).
+    s3_client = BoundedClient(make_client(), lambda: max(0.0, deadline - time.monotonic()))
     client = cloud_controller_client(config.cf)
     started = time.monotonic()
     try:
         result = refresh_snapshot(
             client,
-            aws.client("s3"),
+            s3_client,
             config.metadata_bucket,
             config.metadata_key,
             source=config.cf.api_url,
