@@ -104,3 +104,34 @@ def test_exact_timestamps_count_the_collision_they_cannot_avoid(tmp_path) -> Non
     done = transform_batch(build_kafka_event(values, partitions=1), store, timestamp_digits=0)
     assert done.result.resends == 1 and done.result.identity_collisions == 1
     assert [line.rsplit(" ", 1)[1] for line in done.lines] == [str(log["logMessage"]["timestamp"])] * 2
+
+
+class RefuseFirstThenFail(CollectingSink):
+    """Acknowledges the first line as refused for good, then fails: a partial write."""
+
+    def write(self, lines, deadline):  # type: ignore[no-untyped-def]
+        from refinery.sinks import FlushError, WriteReport
+
+        error = FlushError("down after the first line", acknowledged=1)
+        error.report = WriteReport(
+            lines=len(lines), chunks=1, attempts=2, rejected=[(0, "field type conflict")]
+        )
+        raise error
+
+
+def test_a_refused_line_whose_resend_is_redelivered_is_counted_once(tmp_path) -> None:
+    """Partial batch response: line 0 (records at offsets 0 and 2, a re-send) was refused in the
+    acknowledged part; the failure puts the partition back at offset 1. The record at offset 0 is
+    quarantined; its re-send at offset 2 comes again with the redelivery, so it is neither quarantined
+    nor counted twice now (records_in = written + dropped + quarantined + redelivered)."""
+    http, log = sample_envelopes()[0], sample_envelopes()[1]
+    event = build_kafka_event([http, log, http], partitions=1)
+    quarantine = Quarantine(None, "quarantine/", directory=str(tmp_path / "q"))
+    store = store_for(tmp_path, sample_snapshot())
+    result = process_batch(event, store, RefuseFirstThenFail(), quarantine, DEADLINE, partial_failures=True)
+    assert result.batch_item_failures == [{"itemIdentifier": {"partition": "cf-firehose-0", "offset": 1}}]
+    assert (result.quarantined, result.redelivered, result.written) == ({"rejected_by_server": 1}, 2, 0)
+    assert result.balanced, result.summary()
+    (item,) = decode_records((tmp_path / "q").rglob("*.jsonl.gz").__next__().read_bytes())
+    assert item["offset"] == 0 and item["reason"] == "rejected_by_server"
+    assert result.summary()["sink_requests"] == 2

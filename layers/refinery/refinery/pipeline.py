@@ -47,6 +47,7 @@ from .metadata.store import (
 )
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
+from .sinks.fanout import families, write_routed
 from .speedups import transform_run
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
 
@@ -104,9 +105,12 @@ class BatchResult:
             "quarantine_object": self.quarantine_object,
             "sink_chunks": sink.chunks,
             "sink_bytes": sink.bytes,
+            "sink_requests": sink.attempts,
             "sink_retries": sink.retries,
             "sink_splits": sink.splits,
             **({"sink_skipped_fields": sink.skipped_fields} if sink.skipped_fields else {}),
+            **({"sink_rewrites": sink.rewrites} if sink.rewrites else {}),
+            **({"sink_conflicts": sink.conflicts} if sink.conflicts else {}),
             "batch_item_failures": self.batch_item_failures,
             "redelivered": self.redelivered,
             "flush_error": self.flush_error,
@@ -131,6 +135,7 @@ class Transformed:
     origins: list[Origin] = field(default_factory=list)
     more_origins: dict[int, list[Origin]] = field(default_factory=dict)
     whole_batch_only: bool = False  # set by recording rules: no partial batch response may split it
+    routes: dict[int, Any] = field(default_factory=dict)  # rule outputs: which sinks take them (fanout.Route)
 
     def origins_of(self, index: int) -> list[Origin]:
         """The records whose point is ``lines[index]`` (several when identical records repeat)."""
@@ -309,11 +314,11 @@ def process_batch(
     oldest = (now() - max_record_age) * 1000.0 if max_record_age else None
     done = transform_batch(event, store, oldest, timestamp_digits=timestamp_digits)
     if stage is not None:
-        stage.apply(done)
+        stage.apply(done, families(sink))
     result = done.result
     bad = done.quarantine
     try:
-        result.sink = sink.write(done.lines, deadline)
+        result.sink = write_routed(sink, done.lines, done.routes, deadline)
     except FlushError as exc:
         if not partial_failures or done.whole_batch_only:
             # Without partial responses the whole batch is retried (and with recording rules, whose
@@ -327,13 +332,13 @@ def process_batch(
         }
         # What comes at or after a partition's failed offset is delivered again: do not quarantine it
         # now, and count it as redelivered rather than as written, dropped or quarantined.
-        _quarantine_rejected(done, exc.report.rejected if exc.report else [], bad, result)
         bad = [q for q in bad if not _redelivered(q, failed)]
+        _quarantine_rejected(done, exc.report, bad, result, failed)
         again_done = transform_batch(
             _records_from(event, failed), store, oldest, timestamp_digits=timestamp_digits
         )
         if stage is not None:
-            stage.apply(again_done)
+            stage.apply(again_done, families(sink))
         again = again_done.result
         result.redelivered = again.records_in
         result.written -= again.written
@@ -344,7 +349,7 @@ def process_batch(
         result.sink = exc.report or WriteReport(lines=len(done.lines))
         result.points = exc.acknowledged - sum(1 for i, _ in result.sink.rejected if i < exc.acknowledged)
     else:
-        _quarantine_rejected(done, result.sink.rejected, bad, result)
+        _quarantine_rejected(done, result.sink, bad, result)
     if bad:
         coordinates = [(k, v[0], v[1]) for k, v in result.partitions.items()]
         key = batch_object_key(quarantine.prefix, coordinates, done.first_timestamp)
@@ -354,17 +359,35 @@ def process_batch(
 
 
 def _quarantine_rejected(
-    done: Transformed, rejected: list[tuple[int, str]], bad: list[QuarantinedRecord], result: BatchResult
+    done: Transformed,
+    report: WriteReport | None,
+    bad: list[QuarantinedRecord],
+    result: BatchResult,
+    failed: dict[str, Any] | None = None,
 ) -> None:
-    """Lines the server refused for good: their records go to the quarantine with its message."""
+    """Lines a sink refused for good: their records go to the quarantine with the sink's message, the
+    sink and the refused line (a replay writes that line to that sink only). A record the mapping will
+    deliver again (at or after its partition's ``failed`` offset) is left to that delivery."""
+    if report is None:
+        return
+    refusals = getattr(report, "refusals", None)
+    if refusals is None:
+        refusals = [(index, None, message) for index, message in report.rejected]
     seen: set[int] = set()  # a record in several refused points (a rule's aggregate) counts once
-    for index, message in rejected:
-        result.points -= 1
+    lines: set[int] = set()
+    for index, sink_name, message in refusals:
+        if index not in lines:
+            lines.add(index)
+            result.points -= 1
+        line = done.lines[index] if sink_name is not None else None
+        aggregate = bool(getattr(done.routes.get(index), "last", False))
         for key, record in done.origins_of(index):
+            if failed and _delivered_again(key, record, failed):
+                continue
+            bad.append(QuarantinedRecord(key, record, REJECTED, message, sink_name, line, aggregate))
             if id(record) in seen:
                 continue
             seen.add(id(record))
-            bad.append(QuarantinedRecord(key, record, REJECTED, message))
             result.written -= 1
             result.quarantined[REJECTED] += 1
 
@@ -398,6 +421,11 @@ def _records_from(event: dict[str, Any], failed: dict[str, Any]) -> dict[str, An
 
 
 def _redelivered(item: QuarantinedRecord, failed: dict[str, Any]) -> bool:
-    offset = failed.get(item.partition_key)
-    record_offset = item.record.get("offset")
+    return _delivered_again(item.partition_key, item.record, failed)
+
+
+def _delivered_again(key: str, record: dict[str, Any], failed: dict[str, Any]) -> bool:
+    """The record is at or after its partition's failed offset: the mapping delivers it again."""
+    offset = failed.get(key)
+    record_offset = record.get("offset")
     return offset is not None and (record_offset is None or record_offset >= offset)
