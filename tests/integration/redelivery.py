@@ -250,11 +250,15 @@ def make_stream(
     twin_rate: float = 0.3,
     resend_rate: float = 0.1,
     unknown_apps: int = 1,
+    start_ns: int | None = None,
+    step_ns: int | None = None,
 ) -> Stream:
     """``records`` Kafka records (re-sends included) over ``partitions`` partitions, round-robin.
 
     ``old_head``: the fraction of each partition's leading records whose Kafka timestamp is hours old.
     ``unknown_apps``: extra app GUIDs absent from the snapshot (their records are dropped by policy).
+    ``start_ns``, ``step_ns``: the first event's time and the step between events (default: a random
+    microsecond of a fixed 2018 week, and a step of 250 ns to 8 µs).
 
     Distinct records must not share a point by chance within this stream, or the oracle could not
     tell "one overwrote the other" from a bug: every candidate is run through the pure transform alone
@@ -267,11 +271,13 @@ def make_stream(
     snapshot = snapshot_of(apps)
     pure = PureTransform(snapshot, digits)
     guids = [*apps, *(str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(unknown_apps))]
+    default_start = WEEK_A_NS + rng.randrange(10**6) * 1_000
+    default_step = rng.choice((250, 1_000, 7_919))
     bases = make_values(
         records,
         guids,
-        start_ns=WEEK_A_NS + rng.randrange(10**6) * 1_000,
-        step_ns=rng.choice((250, 1_000, 7_919)),
+        start_ns=default_start if start_ns is None else start_ns,
+        step_ns=default_step if step_ns is None else step_ns,
         salt=rng.randrange(10_000),
     )
     taken: dict[Identity, str] = {}

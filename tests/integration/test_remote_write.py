@@ -1,8 +1,10 @@
 """Prometheus remote write into a real Prometheus and a real VictoriaMetrics, beside a real InfluxDB.
 
-The same batch goes through the real handler; the series read back from Prometheus
+The same batch goes through the real handler; the raw series read back from Prometheus
 (``/api/v1/query``) and VictoriaMetrics (``/api/v1/export``) must be exactly what InfluxDB got,
-field by field: ``<measurement>_<field>``, the tags as labels, the time in milliseconds.
+field by field: ``<measurement>_<field>``, the tags as labels, the time in milliseconds. Recording
+rules write InfluxDB a point per record and remote write an aggregate per batch and partition: their
+window sums must agree.
 
 Prometheus refuses samples far older than its newest: every batch here is near the present, and
 each test labels its points with its own ``run`` (an extra tag) so they never mix in the shared
@@ -43,7 +45,9 @@ rules:
     window: 60s
     keep_raw: false
 """
-MEASUREMENTS = ("http_request", "log", "instance", "requests_by_status", "log_bytes")
+MEASUREMENTS = ("http_request", "log", "instance")
+RULE_OUTPUTS = {"requests_by_status": "count", "log_bytes": "sum"}
+WINDOW_MS = 60_000
 
 Sample = tuple[str, frozenset[tuple[str, str]], int, float]
 
@@ -89,6 +93,37 @@ def run_id(monkeypatch, snapshot_bucket, influxdb1, influx_db, tmp_path) -> str:
     monkeypatch.setenv("RULES_FILE", str(rules))
     monkeypatch.setenv("EXTRA_TAGS", f"run={run},foundation=eu prod")
     return run
+
+
+def influx_rule_sums(influxdb1, db: str) -> dict[tuple[str, frozenset[tuple[str, str]], int], float]:
+    """Per rule series (without ``partition``) and window (ms): the window's sum, as the README queries it."""
+    out: dict[tuple[str, frozenset[tuple[str, str]], int], float] = {}
+    for measurement, field in RULE_OUTPUTS.items():
+        for point in influxdb1.points(db, measurement):
+            key = (
+                f"{measurement}_{field}",
+                frozenset(point["tags"].items()),
+                point["time"] // MS // WINDOW_MS,
+            )
+            out[key] = out.get(key, 0.0) + point["fields"][field]
+    return out
+
+
+def remote_rule_sums(samples: set[Sample]) -> dict[tuple[str, frozenset[tuple[str, str]], int], float]:
+    """The same from remote-write samples: each partition's aggregates of a window summed."""
+    names = {f"{m}_{f}" for m, f in RULE_OUTPUTS.items()}
+    out: dict[tuple[str, frozenset[tuple[str, str]], int], float] = {}
+    for name, labels, ms, value in samples:
+        if name in names:
+            key = (name, frozenset(kv for kv in labels if kv[0] != "partition"), ms // WINDOW_MS)
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def raw(samples: set[Sample]) -> set[Sample]:
+    """The samples of raw points (not of a rule's aggregates)."""
+    names = {f"{m}_{f}" for m, f in RULE_OUTPUTS.items()}
+    return {s for s in samples if s[0] not in names}
 
 
 def influx_samples(influxdb1, db: str) -> set[Sample]:
@@ -140,18 +175,23 @@ def test_prometheus_and_victoriametrics_get_what_influxdb_got(
     assert summary["rules"]["aggregates"] > 0 and summary["rules"]["raw_points_dropped"] == 2
 
     expected = influx_samples(influxdb1, influx_db)
+    sums = influx_rule_sums(influxdb1, influx_db)
     names = {name for name, *_ in expected}
-    assert {"http_request_duration", "log_bytes_sum", "requests_by_status_count", "instance_cpu"} <= names
+    assert {"http_request_duration", "instance_cpu"} <= names
+    assert {name for name, *_ in sums} == {"log_bytes_sum", "requests_by_status_count"}
     assert "instance_memory_pct" in names  # present on one point, absent (quota 0) on the other
     assert all(
         ("run", run_id) in labels and ("foundation", "eu prod") in labels for _, labels, _, _ in expected
     )
-    assert prometheus_samples(prometheus, run_id, len(expected)) == expected
+    aggregates = summary["rules"]["aggregates"]
+    everything = prometheus_samples(prometheus, run_id, len(expected) + aggregates)
+    assert raw(everything) == expected and remote_rule_sums(everything) == sums
+    assert len(everything) == len(expected) + aggregates
 
     invoke(event)  # a retried batch rewrites both: no new samples, same values
-    assert prometheus_samples(prometheus, run_id, len(expected)) == expected
+    assert prometheus_samples(prometheus, run_id, len(everything)) == everything
     series = prometheus.series(f'{{run="{run_id}"}}', start=time.time() - 3600, end=time.time() + 60)
-    assert len(series) == len({(name, labels) for name, labels, _, _ in expected})
+    assert len(series) == len({(name, labels) for name, labels, _, _ in everything})
 
     for vm in (deduplicating_vm, victoriametrics):
         enricher.reset_runtime()
@@ -159,11 +199,12 @@ def test_prometheus_and_victoriametrics_get_what_influxdb_got(
         invoke(event)
         invoke(event)  # retried
     # By default VictoriaMetrics keeps both copies of every sample (a retry would double a sum) ...
-    copies = victoriametrics.export(f'{{run="{run_id}"}}', min_samples=2 * len(expected))
-    assert sum(len(series["values"]) for series in copies) == 2 * len(expected)
-    # ... with -dedup.minScrapeInterval=1ms it keeps one: exactly what InfluxDB holds.
-    assert victoria_samples(deduplicating_vm, run_id, len(expected)) == expected
+    copies = victoriametrics.export(f'{{run="{run_id}"}}', min_samples=2 * len(everything))
+    assert sum(len(series["values"]) for series in copies) == 2 * len(everything)
+    # ... with -dedup.minScrapeInterval=1ms it keeps one: exactly what Prometheus holds.
+    assert victoria_samples(deduplicating_vm, run_id, len(everything)) == everything
     assert influx_samples(influxdb1, influx_db) == expected  # InfluxDB rewritten, unchanged
+    assert influx_rule_sums(influxdb1, influx_db) == sums
 
 
 def test_remote_write_alone_with_retries_through_a_faulty_proxy(
@@ -195,9 +236,11 @@ def test_both_sinks_must_acknowledge(run_id, monkeypatch, influxdb1, influx_db, 
 
     enricher.reset_runtime()
     monkeypatch.setenv("PROM_REMOTE_WRITE_URL", prometheus.write_url)
-    invoke(event)  # the retry rewrites both
+    summary = invoke(event)["summary"]  # the retry rewrites both
     expected = influx_samples(influxdb1, influx_db)
-    assert prometheus_samples(prometheus, run_id, len(expected)) == expected
+    everything = prometheus_samples(prometheus, run_id, len(expected) + summary["rules"]["aggregates"])
+    assert raw(everything) == expected
+    assert remote_rule_sums(everything) == influx_rule_sums(influxdb1, influx_db)
 
 
 def test_a_sample_prometheus_refuses_is_quarantined_with_its_message(
@@ -215,6 +258,10 @@ def test_a_sample_prometheus_refuses_is_quarantined_with_its_message(
     body = boto3.client("s3").get_object(Bucket=snapshot_bucket, Key=key)["Body"].read()
     (record,) = decode_records(body)
     assert record["offset"] == 1 and "out of bounds" in record["detail"]
+    # Quarantined for Prometheus only, with the sample's point: a replay writes it there, nowhere else.
+    assert record["sink"] == "prometheus-remote-write" and record["line"].startswith(
+        "http_request,app=worker"
+    )
     assert {p["tags"]["org"] for p in influxdb1.points(influx_db, "http_request")} == {"eu", "ap", "us"}
 
 

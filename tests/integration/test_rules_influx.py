@@ -2,9 +2,13 @@
 
 The seed's worked example, restated with CF events: six inputs, one of another type (a log, not
 an HTTP request), one of another app (filtered by tag), two summed into one series: three series.
+InfluxDB gets each record's contribution (README: Recording rules), so any redelivery — a retry,
+a re-cut, a rewind over committed offsets — leaves every window's sum exact.
 """
 
 from __future__ import annotations
+
+import base64
 
 import boto3
 import pytest
@@ -13,13 +17,13 @@ from cfworld import kafka_event, put_snapshot
 from refinery import enricher
 from refinery.devtools.envelopes import http_envelope
 from refinery.devtools.worked_example import (
-    MS,
     RULES,
     T0,
     WORKER_EU,
     S,
     worked_example,
 )
+from refinery.identity import fingerprint
 from refinery.rules.loader import RulesError
 
 
@@ -36,6 +40,11 @@ def rules_env(monkeypatch, snapshot_bucket, influxdb1, influx_db, tmp_path):
 
 def aggregates(influxdb1, db: str) -> list[tuple[dict, dict, int]]:
     return [(p["tags"], p["fields"], p["time"]) for p in influxdb1.points(db, "bytes_batch_workers")]
+
+
+def at(value: bytes) -> int:
+    """A record's contribution's time: its window's start plus its bytes' fingerprint (mod 60 s)."""
+    return T0 + fingerprint(base64.b64encode(value)) % (60 * S)
 
 
 def window_totals(influxdb1, db: str, start: int = T0) -> dict[str, float]:
@@ -64,14 +73,21 @@ def test_the_worked_example_writes_three_series_and_a_retry_leaves_them(
         0,
         0,
     )
-    assert summary["rules"] == {"aggregates": 3, "points_consumed": 4}
-    common = {"app": "worker", "space": "batch", "partition": "cf-firehose-0"}
-    expected = [
-        ({**common, "org": "eu"}, {"sum": 120}, T0 + 1 * MS),
-        ({**common, "org": "ap"}, {"sum": 30}, T0 + 3 * MS),
-        ({**common, "org": "us"}, {"sum": 40}, T0 + 4 * MS),
-    ]
+    assert summary["rules"] == {"contributions": 4, "aggregates": 0, "points_consumed": 4}
+    values = worked_example()
+    common = {"app": "worker", "space": "batch"}
+    expected = sorted(
+        [
+            ({**common, "org": "eu"}, {"sum": 20}, at(values[1])),
+            ({**common, "org": "ap"}, {"sum": 30}, at(values[3])),
+            ({**common, "org": "us"}, {"sum": 40}, at(values[4])),
+            ({**common, "org": "eu"}, {"sum": 100}, at(values[5])),
+        ],
+        key=lambda p: p[2],
+    )
     assert aggregates(influxdb1, influx_db) == expected
+    series = influxdb1.query(influx_db, 'SHOW SERIES FROM "bytes_batch_workers"')["results"][0]["series"]
+    assert len(series[0]["values"]) == 3
     assert influxdb1.count(influx_db, "http_request") == 5 and influxdb1.count(influx_db, "log") == 1
 
     invoke(event)  # the event source mapping retries the batch
@@ -79,21 +95,17 @@ def test_the_worked_example_writes_three_series_and_a_retry_leaves_them(
     assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
 
 
-def test_partitions_and_consecutive_batches_keep_their_own_aggregates(
+def test_partitions_and_consecutive_batches_add_their_records(
     rules_env, influxdb1, influx_db, invoke
 ) -> None:
     values = worked_example()
     # The same six records arriving on two partitions, both starting at offset 0.
     invoke(kafka_event({0: (0, values[:3]), 1: (0, values[3:])}))
     assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
-    eu = [
-        (tags["partition"], fields["sum"])
-        for tags, fields, _ in aggregates(influxdb1, influx_db)
-        if tags["org"] == "eu"
-    ]
-    assert sorted(eu) == [("cf-firehose-0", 20), ("cf-firehose-1", 100)]  # eu's records were on both
+    eu = sorted(fields["sum"] for tags, fields, _ in aggregates(influxdb1, influx_db) if tags["org"] == "eu")
+    assert eu == [20, 100]  # eu's records were on both partitions: one point each, no partition tag
 
-    # A later batch of partition 0 in the same window adds its own partial aggregate.
+    # A later batch of partition 0 in the same window adds its record's point.
     invoke(kafka_event({0: (3, [http_envelope(WORKER_EU.guid, T0 + 30 * S, size=5)])}))
     assert window_totals(influxdb1, influx_db) == {"eu": 125, "ap": 30, "us": 40}
     assert len(aggregates(influxdb1, influx_db)) == 5
@@ -109,10 +121,40 @@ def test_a_failed_batch_retried_in_halves_gives_the_same_totals(
     assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
 
 
+def test_a_rewind_over_committed_offsets_leaves_the_sums_exact(
+    rules_env, influxdb1, influx_db, invoke
+) -> None:
+    """Observation 2 of issue 19: offsets [1], [5], then [1..5] as one batch (a rewind): each record's
+    point is written again, identical. With per-batch aggregates the window would sum eu to 240."""
+    values = worked_example()
+    invoke(kafka_event({0: (1, values[1:2])}))
+    invoke(kafka_event({0: (5, values[5:6])}))
+    invoke(kafka_event({0: (1, values[1:])}))
+    invoke(kafka_event({0: (0, values)}))  # and everything again from the start
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
+    assert len(aggregates(influxdb1, influx_db)) == 4
+
+
+def test_per_batch_aggregates_in_influxdb_are_not_exact_under_a_rewind(
+    rules_env, influxdb1, influx_db, invoke
+) -> None:
+    """``influx_output: aggregates`` (fewer points): exact for retries and re-cut retries, but a rewind
+    cut across an earlier batch boundary counts records twice (README states it)."""
+    rules_env.write_text(RULES + "    influx_output: aggregates\n")
+    values = worked_example()
+    invoke(kafka_event({0: (0, values)}))
+    invoke(kafka_event({0: (0, values[:3])}))  # a smaller retry of the same start: replaced
+    invoke(kafka_event({0: (3, values[3:])}))
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
+    # Stored now: eu's first 20 (under first offset 1) and its 100 (under 5). Rewound, cut as one batch:
+    invoke(kafka_event({0: (1, values[1:])}))  # [1..5]: eu 120 under first offset 1, the 100 still there
+    assert window_totals(influxdb1, influx_db) == {"eu": 120 + 100, "ap": 30, "us": 40}
+
+
 def test_keep_raw_false_writes_only_the_aggregates(rules_env, influxdb1, influx_db, invoke) -> None:
     rules_env.write_text(RULES + "    keep_raw: false\n")
     result = invoke(kafka_event({0: (0, worked_example())}))
-    assert result["summary"]["written"] == 6 and result["summary"]["points"] == 5
+    assert result["summary"]["written"] == 6 and result["summary"]["points"] == 2 + 4
     assert [p["tags"]["app"] for p in influxdb1.points(influx_db, "http_request")] == ["api"]
     assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
 
@@ -148,7 +190,8 @@ def test_rules_in_s3_are_reloaded_when_they_change(
 ) -> None:
     put_snapshot(snapshot_bucket)
     s3 = boto3.client("s3")
-    s3.put_object(Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=RULES.encode())
+    rules = RULES + "    influx_output: aggregates\n"
+    s3.put_object(Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=rules.encode())
     monkeypatch.setenv("INFLUX_URL", influxdb1.url)
     monkeypatch.setenv("INFLUX_DATABASE", influx_db)
     monkeypatch.setenv("RULES_KEY", "rules/rules.yaml")
@@ -158,7 +201,7 @@ def test_rules_in_s3_are_reloaded_when_they_change(
     assert invoke(event)["summary"]["rules"]["aggregates"] == 3
 
     s3.put_object(
-        Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=RULES.replace("keep: [org]", "keep: []").encode()
+        Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=rules.replace("keep: [org]", "keep: []").encode()
     )
     assert invoke(event)["summary"]["rules"]["aggregates"] == 1  # the same container, new rules
 

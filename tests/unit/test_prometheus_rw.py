@@ -143,11 +143,13 @@ def test_samples_of_a_series_within_one_millisecond_are_moved_apart(receiver: Re
         {(labels[0][1], labels[1][1]): samples for labels, samples in request["series"]}
         for request in receiver.requests
     ]
+    # Sent in time order (a@T, b@T | a@T+1ns, a@T+2ns), so no request holds a sample older than one
+    # already sent of its series; three points of one millisecond moved apart, across the two requests.
     assert [got.get(("log_size", "a")) for got in per_request] == [
-        [(ms, 0.0), (ms + 1, 1.0)],  # the first chunk: two points in one millisecond, moved apart
-        [(ms + 2, 2.0)],  # the second chunk: moved past both (the whole batch is considered)
+        [(ms, 0.0)],
+        [(ms + 1, 1.0), (ms + 2, 2.0)],
     ]
-    assert per_request[1][("log_size", "b")] == [(ms, 9.0)]  # another series keeps its time
+    assert per_request[0][("log_size", "b")] == [(ms, 9.0)]  # another series keeps its time
 
 
 def test_string_fields_are_skipped_and_counted_unreadable_lines_refused(receiver: Receiver) -> None:

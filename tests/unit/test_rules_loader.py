@@ -226,6 +226,15 @@ def test_the_first_load_must_succeed(tmp_path) -> None:
     assert book.refresh_if_due().rules  # tried again at once, not after the interval
 
 
+def test_influx_output_is_records_by_default_or_aggregates() -> None:
+    assert parse_rules(one_rule(), "rules.yaml").rules[0].influx_output == "records"
+    rule = parse_rules(one_rule(influx_output="aggregates"), "rules.yaml").rules[0]
+    assert rule.influx_output == "aggregates"
+    assert problems(one_rule(influx_output="points")) == [
+        'rules.yaml: rule "r": field "influx_output": must be one of records, aggregates (got \'points\')'
+    ]
+
+
 def test_the_bundled_example_is_valid() -> None:
     from pathlib import Path
 
@@ -237,6 +246,7 @@ def test_the_bundled_example_is_valid() -> None:
         "http_slowest_per_app",
         "log_bytes_per_org",
     ]
+    assert [r.influx_output for r in rules.rules] == ["records"] * 3 + ["aggregates"]
 
 
 def test_config_check_names_the_rule_and_field(tmp_path, monkeypatch, capsys) -> None:
@@ -252,7 +262,7 @@ def test_config_check_names_the_rule_and_field(tmp_path, monkeypatch, capsys) ->
     assert main(["config", "--check"]) == 1
     assert (
         f'{rules}: rule "http_5xx_per_app": field "window": must be a duration like 60s'
-        in capsys.readouterr().err
+        in capsys.readouterr().out  # the config --check report is its output (stdout)
     )
     rules.write_text(GOOD)
     assert main(["config", "--check"]) == 0

@@ -6,14 +6,17 @@ variable. This table is also the source of ``refinery config`` and of the README
 
 Secrets (``INFLUX_TOKEN``, ``INFLUX_PASSWORD``, ``CF_CLIENT_SECRET``) may be given directly (local
 runs) or by reference: ``<NAME>_SECRET`` names a Secrets Manager secret (name or ARN) and
-``<NAME>_PARAMETER`` an SSM SecureString parameter. References are resolved through Powertools
-Parameters (cached) and the values never appear in logs or error messages.
+``<NAME>_PARAMETER`` an SSM SecureString parameter. References are resolved once per container, with
+botocore (:mod:`refinery.aws`), and the values never appear in logs or error messages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import ssl
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,8 +55,16 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
+def _whole_number(text: str) -> int:
+    """An integer, or a ValueError a person can read (not Python's "invalid literal for int()")."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number (for example 50)") from None
+
+
 def parse_positive_int(text: str) -> int:
-    value = int(text.strip())
+    value = _whole_number(text)
     if value <= 0:
         raise ValueError(f"{text!r} must be a positive integer")
     return value
@@ -61,7 +72,7 @@ def parse_positive_int(text: str) -> int:
 
 def parse_bounded_int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = int(text.strip())
+        value = _whole_number(text)
         if not low <= value <= high:
             raise ValueError(f"{text!r} must be an integer from {low} to {high}")
         return value
@@ -71,19 +82,118 @@ def parse_bounded_int(low: int, high: int) -> Callable[[str], int]:
 
 
 def parse_non_negative_int(text: str) -> int:
-    value = int(text.strip())
+    value = _whole_number(text)
     if value < 0:
         raise ValueError(f"{text!r} must be zero or a positive integer")
     return value
 
 
-def parse_url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if "@" in parts.netloc:  # not echoed: what precedes the @ is a credential
+def parse_positive_duration(text: str) -> float:
+    """A duration that must be more than zero (a timeout, a longest wait): 0 is an error, not "default"."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} must be more than 0 (examples: 500ms, 10s)")
+    return value
+
+
+#: Query parameters that carry credentials (InfluxDB 1.x's ``u`` and ``p``, tokens, keys, signatures):
+#: a URL setting holding one is refused like one with ``user:password@``.
+CREDENTIAL_PARAMETERS = frozenset(
+    {
+        "u",
+        "p",
+        "user",
+        "username",
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "token",
+        "access_token",
+        "auth",
+        "authorization",
+        "api_key",
+        "apikey",
+        "api-key",
+        "key",
+        "secret",
+        "client_secret",
+        "sig",
+        "signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+    }
+)
+_PATH_VALUE = re.compile(r"=[^/;&]*")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with what could be a credential replaced by ``***``: user-info, query values, fragment.
+
+    For errors, logs and ``refinery config``. It works on anything a URL setting may hold, however
+    malformed (no scheme, unencoded ``/`` ``?`` ``@`` in a password): everything up to the last ``@``
+    is user-info; query parameters keep their names only (a bare ``?token`` is hidden whole).
+    """
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    head = f"{scheme}://" if sep else ""
+    if not sep:
+        rest = value
+    at = rest.rfind("@")
+    if at >= 0:
+        head += "***@"
+        rest = rest[at + 1 :]
+    rest, hashed, _ = rest.partition("#")
+    path, asked, query = rest.partition("?")
+    path = _PATH_VALUE.sub("=***", path)
+    if asked:
+        pairs = []
+        for pair in query.split("&"):
+            name, equals, _ = pair.partition("=")
+            pairs.append(f"{name}=***" if equals else ("***" if pair else ""))
+        path += "?" + "&".join(pairs)
+    return head + path + ("#***" if hashed else "")
+
+
+def _check_url(text: str, *, base: bool) -> str:
+    value = text.strip()
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        # Not echoed: without a scheme, user:password@host cannot be told from a host and a port.
+        raise ValueError("is not an http(s) URL: it must start with http:// or https:// (value not shown)")
+    before_query = value.split("?", 1)[0].split("#", 1)[0]
+    if "@" in before_query or "@" in urlsplit(value).netloc:  # not echoed: a credential precedes the @
         raise ValueError("must not hold credentials (user:password@); give them in their own secret setting")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{text!r} is not an http(s) URL")
-    return text.strip().rstrip("/")
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("has a port that is not a number (value not shown)") from None
+    if not parts.hostname:
+        raise ValueError(f"{redact_url(value)!r} has no host")
+    for pair in parts.query.split("&") if parts.query else ():
+        name, equals, _ = pair.partition("=")
+        if equals and name.strip().lower() in CREDENTIAL_PARAMETERS:  # (a bare ?value is never echoed)
+            raise ValueError(
+                f"must not hold credentials in its query string ({name}=…); give them in their own "
+                "secret setting"
+            )
+    if base and (parts.query or parts.fragment):
+        raise ValueError(
+            f"{redact_url(value)!r} must be a base URL, without a query string (?…) or fragment (#…)"
+        )
+    return value.rstrip("/")
+
+
+def parse_url(text: str) -> str:
+    """An http(s) URL without credentials (user-info or a credential query parameter)."""
+    return _check_url(text, base=False)
+
+
+def parse_base_url(text: str) -> str:
+    """:func:`parse_url` for a base URL that paths are appended to: no query string or fragment."""
+    return _check_url(text, base=True)
 
 
 def parse_s3_key(text: str) -> str:
@@ -94,7 +204,10 @@ def parse_s3_key(text: str) -> str:
 
 
 def parse_share(text: str) -> float:
-    value = float(text.strip().rstrip("%")) / (100.0 if text.strip().endswith("%") else 1.0)
+    try:
+        value = float(text.strip().rstrip("%")) / (100.0 if text.strip().endswith("%") else 1.0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a share (for example 0.5 or 50%)") from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{text!r} must be a share between 0 and 1 (or 0% and 100%)")
     return value
@@ -117,6 +230,8 @@ class Setting:
             parse_positive_int: "int",
             parse_non_negative_int: "int",
             parse_url: "url",
+            parse_base_url: "url",
+            parse_positive_duration: "duration",
             parse_share: "share",
             parse_regex: "regex",
             parse_extra_tags: "tags",
@@ -131,7 +246,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- InfluxDB sink -------------------------------------------------------------------------
     Setting(
         "INFLUX_URL",
-        parse_url,
+        parse_base_url,
         None,
         "InfluxDB base URL. Unset: write nothing; `refinery invoke` prints the line protocol.",
         "influx",
@@ -176,12 +291,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Chunks of one batch written at the same time (v1 API, 1 to 16); 1 writes them one by one.",
         "influx",
     ),
-    Setting("INFLUX_TIMEOUT", parse_duration, "10s", "Timeout of one write request.", "influx"),
+    Setting(
+        "INFLUX_TIMEOUT",
+        parse_positive_duration,
+        "10s",
+        "Longest time one write request may take, wall clock: connecting, sending and the whole answer.",
+        "influx",
+    ),
     Setting("INFLUX_GZIP", parse_bool, "true", "Gzip-compress write requests.", "influx"),
     Setting("INFLUX_VERIFY_TLS", parse_bool, "true", "Verify the server's TLS certificate.", "influx"),
     Setting(
+        "INFLUX_CA_BUNDLE",
+        _str,
+        None,
+        "CA certificate(s) InfluxDB's TLS certificate is verified against, instead of the default trust "
+        "store (a private CA): the path of a PEM file (absolute, or relative to the function's "
+        "directory) or the PEM text; `INFLUX_CA_BUNDLE_SECRET` / `_PARAMETER` read it from a secret.",
+        "influx",
+        secret=True,
+    ),
+    Setting(
         "INFLUX_MAX_RETRY_WAIT",
-        parse_duration,
+        parse_positive_duration,
         "30s",
         "Longest single wait between write retries (Retry-After is honoured up to this).",
         "influx",
@@ -190,7 +321,8 @@ SETTINGS: tuple[Setting, ...] = (
         "FLUSH_TIME_RESERVE",
         parse_duration,
         "3s",
-        "Time kept back from the invocation's deadline: retries stop when less than this remains.",
+        "Time kept back from the invocation's deadline: retries stop when less than this remains. "
+        "Must be less than the function's timeout (checked when an invocation starts).",
         "influx",
     ),
     Setting(
@@ -282,7 +414,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- Cloud Controller ----------------------------------------------------------------------
     Setting(
         "CF_API_URL",
-        parse_url,
+        parse_base_url,
         None,
         "Cloud Controller API URL (refresh function; enables live lookups in the enricher).",
         "cf",
@@ -296,11 +428,27 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("CF_CLIENT_SECRET", _str, None, "UAA client secret.", "cf", secret=True),
     Setting(
-        "CF_UAA_URL", parse_url, None, "UAA URL (default: discovered from the Cloud Controller root).", "cf"
+        "CF_UAA_URL",
+        parse_base_url,
+        None,
+        "UAA URL (default: discovered from the Cloud Controller root).",
+        "cf",
     ),
-    Setting("CF_TIMEOUT", parse_duration, "30s", "Read timeout of one Cloud Controller request.", "cf"),
+    Setting(
+        "CF_TIMEOUT", parse_positive_duration, "30s", "Read timeout of one Cloud Controller request.", "cf"
+    ),
     Setting(
         "CF_VERIFY_TLS", parse_bool, "true", "Verify the Cloud Controller's and UAA's TLS certificates.", "cf"
+    ),
+    Setting(
+        "CF_CA_BUNDLE",
+        _str,
+        None,
+        "CA certificate(s) the Cloud Controller's and UAA's TLS certificates are verified against, instead "
+        "of the default trust store (a private CA): a PEM file's path (absolute, or relative to the "
+        "function's directory) or the PEM text; `CF_CA_BUNDLE_SECRET` / `_PARAMETER` read it from a secret.",
+        "cf",
+        secret=True,
     ),
     Setting(
         "MAX_APP_LOSS",
@@ -360,7 +508,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Points per remote-write request (each numeric field is one sample).",
         "prometheus",
     ),
-    Setting("PROM_TIMEOUT", parse_duration, "10s", "Timeout of one remote-write request.", "prometheus"),
+    Setting(
+        "PROM_TIMEOUT",
+        parse_positive_duration,
+        "10s",
+        "Longest time one remote-write request may take, wall clock (connecting, sending, the answer).",
+        "prometheus",
+    ),
     Setting(
         "PROM_VERIFY_TLS",
         parse_bool,
@@ -369,8 +523,18 @@ SETTINGS: tuple[Setting, ...] = (
         "prometheus",
     ),
     Setting(
+        "PROM_CA_BUNDLE",
+        _str,
+        None,
+        "CA certificate(s) the remote-write server's TLS certificate is verified against, instead of the "
+        "default trust store: a PEM file's path or the PEM text, as INFLUX_CA_BUNDLE "
+        "(`PROM_CA_BUNDLE_SECRET` / `_PARAMETER` read it from a secret).",
+        "prometheus",
+        secret=True,
+    ),
+    Setting(
         "PROM_MAX_RETRY_WAIT",
-        parse_duration,
+        parse_positive_duration,
         "30s",
         "Longest single wait between remote-write retries (Retry-After is honoured up to this).",
         "prometheus",
@@ -435,6 +599,19 @@ SETTINGS: tuple[Setting, ...] = (
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def display_value(name: str, value: str) -> str:
+    """A setting's current value as ``refinery config`` (or any report) may print it: a secret is only
+    ``(set)``, a URL is redacted (:func:`redact_url`; one without a scheme is not shown at all)."""
+    setting = SETTINGS_BY_NAME.get(name)
+    if setting is None:
+        return value
+    if setting.secret:
+        return "(set)"
+    if setting.kind == "url":
+        return redact_url(value) if "://" in value else "(not an http(s) URL: not shown)"
+    return value
+
+
 @dataclass(frozen=True)
 class InfluxConfig:
     url: str
@@ -452,6 +629,12 @@ class InfluxConfig:
     gzip: bool = True
     verify_tls: bool = True
     max_retry_wait: float = 30.0
+    ca_bundle: str | None = None  # a PEM file's path (INFLUX_CA_BUNDLE)
+
+    @property
+    def verify(self) -> bool | str:
+        """What requests verifies the certificate with: the CA bundle's path, or the flag."""
+        return self.ca_bundle or self.verify_tls
 
 
 @dataclass(frozen=True)
@@ -464,6 +647,12 @@ class PrometheusConfig:
     timeout: float = 10.0
     verify_tls: bool = True
     max_retry_wait: float = 30.0
+    ca_bundle: str | None = None  # a PEM file's path (PROM_CA_BUNDLE)
+
+    @property
+    def verify(self) -> bool | str:
+        """What requests verifies the certificate with: the CA bundle's path, or the flag."""
+        return self.ca_bundle or self.verify_tls
 
 
 @dataclass(frozen=True)
@@ -474,6 +663,7 @@ class CloudControllerConfig:
     uaa_url: str | None = None
     timeout: float = 30.0
     verify_tls: bool = True
+    ca_bundle: str | None = None  # a PEM file's path (CF_CA_BUNDLE)
 
 
 @dataclass(frozen=True)
@@ -511,16 +701,11 @@ SecretResolver = Callable[[str, str, str], str]
 
 
 def resolve_secret_reference(setting: str, kind: str, reference: str) -> str:
-    """Fetch a secret by reference through Powertools Parameters (cached in the container)."""
-    from aws_lambda_powertools.utilities import parameters
+    """Fetch a secret by reference: Secrets Manager's ``GetSecretValue`` or SSM's ``GetParameter`` (with
+    decryption), through the container's botocore clients (:mod:`refinery.aws`; no boto3 import)."""
+    from . import aws
 
-    if kind == "SECRET":
-        value = parameters.get_secret(reference)
-    else:
-        value = parameters.get_parameter(reference, decrypt=True)
-    if isinstance(value, bytes):
-        value = value.decode()
-    return str(value)
+    return aws.secret_value(reference) if kind == "SECRET" else aws.parameter_value(reference)
 
 
 def _read_secret(env: Mapping[str, str], name: str, resolver: SecretResolver, problems: list[str]) -> str:
@@ -536,6 +721,63 @@ def _read_secret(env: Mapping[str, str], name: str, resolver: SecretResolver, pr
                 problems.append(f"{name}_{kind}: cannot read {reference!r}: {type(exc).__name__}")
                 return ""
     return SETTINGS_BY_NAME[name].default or ""
+
+
+#: Where CA bundles given as PEM text (or by a secret) are written for requests, which wants a path.
+CA_BUNDLE_DIR = os.path.join(tempfile.gettempdir(), "refinery-ca")
+
+
+def _ca_bundle(
+    env: Mapping[str, str],
+    name: str,
+    verify_tls: bool | None,
+    resolver: SecretResolver,
+    problems: list[str],
+) -> str | None:
+    """A ``*_CA_BUNDLE`` setting as the path of a PEM file holding at least one certificate (None: unset).
+
+    The value is a path (absolute, or relative to the working directory: the function's code in Lambda)
+    or the PEM text itself; a ``_SECRET`` / ``_PARAMETER`` reference must hold the PEM text. PEM text
+    is written once to a file named by its digest under :data:`CA_BUNDLE_DIR`.
+    """
+    value = _read_secret(env, name, resolver, problems).strip()
+    if not value:
+        return None
+    switch = name.replace("CA_BUNDLE", "VERIFY_TLS")
+    if verify_tls is False:
+        problems.append(f"{name}: given with {switch}=false, which turns verification off; give one of them")
+        return None
+    if not env.get(name) and not value.startswith("-----BEGIN"):
+        if value == "unresolved-offline":  # `refinery config --check --offline` fetches no secret
+            return None
+        kind = "SECRET" if env.get(f"{name}_SECRET") else "PARAMETER"
+        problems.append(f"{name}_{kind}: {env.get(f'{name}_{kind}')!r} does not hold a PEM certificate")
+        return None
+    if value.startswith("-----BEGIN"):
+        os.makedirs(CA_BUNDLE_DIR, exist_ok=True)
+        path = os.path.join(CA_BUNDLE_DIR, hashlib.sha256(value.encode()).hexdigest()[:24] + ".pem")
+        if not os.path.isfile(path):
+            with tempfile.NamedTemporaryFile("w", dir=CA_BUNDLE_DIR, delete=False, suffix=".tmp") as handle:
+                handle.write(value + "\n")
+            os.replace(handle.name, path)
+        shown = "the PEM text given"
+    else:
+        path = os.path.abspath(value)
+        shown = repr(value)
+        if not os.path.isfile(path):
+            problems.append(
+                f"{name}: {shown} is not a readable file (give the path of a PEM file, absolute or relative"
+                f" to {os.getcwd()!r}, or the PEM text)"
+            )
+            return None
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        problems.append(
+            f"{name}: {shown} holds no usable PEM certificate ({getattr(exc, 'reason', None) or exc})"
+        )
+        return None
+    return path
 
 
 def load_config(
@@ -568,6 +810,7 @@ def load_config(
     cf = _cloud_controller(env, values, resolver, problems, required=role == "refresh")
     influx: InfluxConfig | None = None
     if role == "enricher" and values["INFLUX_URL"]:
+        _check_influx_api(env, values, problems)
         common = dict(
             url=values["INFLUX_URL"],
             batch_size=values["INFLUX_BATCH_SIZE"] or 5000,
@@ -576,6 +819,7 @@ def load_config(
             gzip=values["INFLUX_GZIP"] if values["INFLUX_GZIP"] is not None else True,
             verify_tls=values["INFLUX_VERIFY_TLS"] if values["INFLUX_VERIFY_TLS"] is not None else True,
             max_retry_wait=values["INFLUX_MAX_RETRY_WAIT"] or 30.0,
+            ca_bundle=_ca_bundle(env, "INFLUX_CA_BUNDLE", values["INFLUX_VERIFY_TLS"], resolver, problems),
         )
         if values["INFLUX_DATABASE"]:
             influx = InfluxConfig(
@@ -615,6 +859,11 @@ def load_config(
         problems.append("METADATA_BUCKET: required (the bucket the snapshot is written to)")
     elif not values["METADATA_BUCKET"] and not values["METADATA_FILE"]:
         problems.append("METADATA_BUCKET: required (or METADATA_FILE for a local snapshot file)")
+    elif role == "enricher" and values["METADATA_BUCKET"] and values["METADATA_FILE"]:
+        problems.append(
+            "METADATA_FILE: give METADATA_FILE (a local snapshot file) or METADATA_BUCKET (the snapshot in "
+            "S3), not both (with a local file, QUARANTINE_BUCKET puts the quarantine in S3)"
+        )
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -648,6 +897,36 @@ def load_config(
     )
 
 
+#: Settings that belong to one InfluxDB API only (``_SECRET``/``_PARAMETER`` references count as given).
+V1_ONLY = ("INFLUX_DATABASE", "INFLUX_RETENTION_POLICY", "INFLUX_USERNAME", "INFLUX_PASSWORD")
+V2_ONLY = ("INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET")
+
+
+def _given(env: Mapping[str, str], name: str) -> bool:
+    if SETTINGS_BY_NAME[name].secret:
+        return any(env.get(name + suffix) for suffix in ("", "_SECRET", "_PARAMETER"))
+    return bool(env.get(name, "").strip())
+
+
+def _check_influx_api(env: Mapping[str, str], values: dict[str, Any], problems: list[str]) -> None:
+    """One API's settings, never both (the other's would be ignored); a v1 password needs its user."""
+    v1 = [name for name in V1_ONLY if _given(env, name)]
+    v2 = [name for name in V2_ONLY if _given(env, name)]
+    if values["INFLUX_DATABASE"] and v2:
+        problems.append(
+            f"{', '.join(v2)}: v2 API setting(s) given with INFLUX_DATABASE, which selects the v1 API; "
+            "give one API's settings (v1: INFLUX_DATABASE, INFLUX_USERNAME, INFLUX_PASSWORD, "
+            "INFLUX_RETENTION_POLICY; v2: INFLUX_TOKEN, INFLUX_ORG, INFLUX_BUCKET)"
+        )
+    elif not values["INFLUX_DATABASE"] and v1 and "INFLUX_DATABASE" not in v1:
+        problems.append(
+            f"{', '.join(v1)}: v1 API setting(s) without INFLUX_DATABASE, which selects the v1 API; the v2 "
+            "API authenticates with INFLUX_TOKEN (`user:password` for InfluxDB 1.8+)"
+        )
+    if values["INFLUX_DATABASE"] and _given(env, "INFLUX_PASSWORD") and not _given(env, "INFLUX_USERNAME"):
+        problems.append("INFLUX_USERNAME: required with INFLUX_PASSWORD (the v1 API's basic authentication)")
+
+
 def _prometheus(
     env: Mapping[str, str], values: dict[str, Any], resolver: SecretResolver, problems: list[str]
 ) -> PrometheusConfig | None:
@@ -670,6 +949,7 @@ def _prometheus(
         timeout=values["PROM_TIMEOUT"] or 10.0,
         verify_tls=values["PROM_VERIFY_TLS"] if values["PROM_VERIFY_TLS"] is not None else True,
         max_retry_wait=values["PROM_MAX_RETRY_WAIT"] or 30.0,
+        ca_bundle=_ca_bundle(env, "PROM_CA_BUNDLE", values["PROM_VERIFY_TLS"], resolver, problems),
     )
 
 
@@ -729,4 +1009,5 @@ def _cloud_controller(
         uaa_url=values["CF_UAA_URL"],
         timeout=values["CF_TIMEOUT"] or 30.0,
         verify_tls=values["CF_VERIFY_TLS"] if values["CF_VERIFY_TLS"] is not None else True,
+        ca_bundle=_ca_bundle(env, "CF_CA_BUNDLE", values["CF_VERIFY_TLS"], resolver, problems),
     )

@@ -21,7 +21,9 @@ Enricher, per invocation (only the reasons and tiers that occurred are emitted):
 ``SinkSeconds``            Seconds       time spent writing to the sink (latency of the flush)
 ``SinkRetries``            Count         write requests retried
 ``BatchLag``               Milliseconds  now minus the oldest record's Kafka timestamp
-``SnapshotAge``            Seconds       age of the metadata snapshot in use (its ``generated_at``)
+``SnapshotAge``            Seconds       since the snapshot in use was last known current: its
+                                         ``generated_at``, or a later refresh that found the same
+                                         content (the object's ``refinery-checked-at`` tag)
 ``BatchFailures``          Count         1 when the batch failed (the mapping retries it)
 ``BatchPartialFailures``   Count         1 when a partial batch response was returned
 =========================  ============  ==========================================================

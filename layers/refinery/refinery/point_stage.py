@@ -8,7 +8,10 @@ came from), keeping the accounting ``records_in = written + dropped + quarantine
 * a point consumed by a ``keep_raw: false`` rule: its records now belong to the aggregate(s) they
   went into, so they count as **written** when the aggregate is acknowledged, and are quarantined
   (``rejected_by_server``) if the server refuses it, like the records of any refused point;
-* an aggregate is a new point whose records are every record that went into it.
+* a rule's output (a record's contribution, a batch's aggregate: :mod:`refinery.rules.aggregate`) is
+  a new point whose records are every record that went into it, routed to the sinks that take it
+  (``Transformed.routes``): contributions to InfluxDB, aggregates to remote write (and to InfluxDB
+  for rules with ``influx_output: aggregates``), written after everything else.
 
 Built only when something is configured (``enricher.build_runtime``); otherwise the pipeline does
 no per-point work at all and its output is byte-identical.
@@ -16,11 +19,12 @@ no per-point work at all and its output is byte-identical.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from .filters import PointFilter
 from .lineparse import series_end
-from .rules.aggregate import aggregate
+from .rules.aggregate import INFLUX, aggregate
 from .rules.loader import RuleBook
 from .rules.model import RuleSet
 
@@ -48,11 +52,12 @@ class PointStage:
             if self.rule_book.stats.failures > failures:  # a changed file that is bad: old rules kept
                 self._reload_error = self.rule_book.stats.last_error
 
-    def apply(self, done: Transformed) -> None:
+    def apply(self, done: Transformed, families: Collection[str] = (INFLUX,)) -> None:
+        """Filter, tag and aggregate ``done`` for sinks of ``families`` (:mod:`refinery.sinks.fanout`)."""
         if self.point_filter is not None:
             self._filter(done)
         if self._rules:
-            self._aggregate(done, self._rules)
+            self._aggregate(done, self._rules, families)
         if self._reload_error:
             done.result.rules["reload_error"] = self._reload_error
         done.result.points = len(done.lines)
@@ -79,23 +84,38 @@ class PointStage:
             done.result.written -= filtered
         _reindex(done, keep, new_lines)
 
-    def _aggregate(self, done: Transformed, rules: RuleSet) -> None:
-        found = aggregate(done.lines, done.origins_of, rules, self.extra_tags)
-        stats: dict[str, Any] = {"aggregates": len(found.lines), "points_consumed": found.consumed}
+    def _aggregate(self, done: Transformed, rules: RuleSet, families: Collection[str]) -> None:
+        from .sinks.fanout import Route
+
+        found = aggregate(done.lines, done.origins_of, rules, self.extra_tags, families)
+        stats: dict[str, Any] = {
+            "contributions": found.contributions,
+            "aggregates": found.aggregates,
+            "points_consumed": found.consumed,
+        }
         if found.drop:
             keep = [i for i in range(len(done.lines)) if i not in found.drop]
             _reindex(done, keep, [done.lines[i] for i in keep])
             stats["raw_points_dropped"] = len(found.drop)
+        if found.shared:
+            stats["shared_contributions"] = found.shared
         if found.unreadable:
             stats["unreadable_points"] = found.unreadable
-        for line, origins in zip(found.lines, found.origins, strict=True):
+        routes: dict[tuple[frozenset[str], bool], Route] = {}
+        for output in found.outputs:
             index = len(done.lines)
-            done.lines.append(line)
-            done.origins.append(origins[0])
-            if len(origins) > 1:
-                done.more_origins[index] = origins[1:]
-        if found.lines:
+            done.lines.append(output.line)
+            done.origins.append(output.origins[0])
+            if len(output.origins) > 1:
+                done.more_origins[index] = output.origins[1:]
+            key = (output.families, output.aggregate)
+            route = routes.get(key)
+            if route is None:
+                route = routes[key] = Route(output.families, output.aggregate)
+            done.routes[index] = route
+        if found.aggregates:
             # A partial batch response could restart a partition inside an aggregate: fail it whole.
+            # (Contributions are per record: a partial response cannot split one.)
             done.whole_batch_only = True
         done.result.rules = stats
 

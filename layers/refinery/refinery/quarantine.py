@@ -2,8 +2,11 @@
 
 One object per invocation holds every quarantined record of the batch, one JSON object per line
 (gzip): ``topic, partition, offset, timestamp, timestamp_type, key, reason, detail, value`` (the raw
-base64 value as received). The key is derived from the batch's Kafka coordinates only, so a retried
-batch rewrites the same object instead of adding a second::
+base64 value as received). A record one sink refused (``rejected_by_server``) also names the ``sink``
+and the ``line`` it refused (one entry per refused line): a replay writes that line to that sink
+only, so it never adds again what another sink (or the same sink, in another point) acknowledged.
+The key is derived from the batch's Kafka coordinates only, so a retried batch rewrites the same
+object instead of adding a second::
 
     <QUARANTINE_PREFIX><yyyy>/<mm>/<dd>/<first topic-partition>-<first offset>-<digest>.jsonl.gz
 
@@ -35,9 +38,15 @@ class QuarantinedRecord:
     record: dict[str, Any]
     reason: str
     detail: str
+    sink: str | None = None  # the sink that refused ``line`` (None: the record was not written anywhere)
+    line: str | None = None
+    aggregate: bool = False  # ``line`` is a recording rule's per-batch aggregate
 
     def as_dict(self) -> dict[str, Any]:
         r = self.record
+        refused: dict[str, Any] = {"sink": self.sink, "line": self.line} if self.sink is not None else {}
+        if self.aggregate:
+            refused["aggregate"] = True
         return {
             "topic": r.get("topic"),
             "partition": r.get("partition"),
@@ -49,6 +58,7 @@ class QuarantinedRecord:
             "reason": self.reason,
             "detail": self.detail,
             "value": r.get("value"),
+            **refused,
         }
 
 

@@ -1,44 +1,75 @@
-"""A batch's recording-rule aggregates, with an identity that retries and partitions cannot break.
+"""A batch's recording-rule outputs, each with an identity that no redelivery can change.
 
-Each rule aggregates, per group (the values of the tags it keeps), per window (aligned on the
-epoch) and per Kafka partition, the points of its source measurement that pass its filter.
+Each rule reads, per group (the values of the tags it keeps) and per window (aligned on the epoch),
+the points of its source measurement that pass its filter. What it writes depends on what the sink
+can do with a point written twice (README: Recording rules):
 
-**Identity.** Lambda may run a batch several times (a failed flush, a bisected batch), and several
-partitions are processed concurrently. An aggregate must therefore be *rewritten* by a retry, never
-added to, and two partitions must never overwrite each other. So the output point is identified by
-Kafka coordinates, not by anything random (a per-container id would make every retry a new series
-and multiply the cardinality by the number of containers):
+**InfluxDB replaces a point** (same measurement, tags and time). A rule writes there, by default
+(``influx_output: records``), one **contribution** per record: a point of the rule's series (the kept
+tags, the rule's ``=`` tags, the extra tags; no ``partition``) whose value is the record's own
+contribution (1 for ``count``, the field's value otherwise) and whose time is
 
-* the tag ``partition`` (the event's ``topic-partition``; bounded cardinality);
-* the **first offset** among the records the aggregate is made of, written into the timestamp:
-  ``window start + (first_offset mod window_ms) ms + (first_offset div window_ms mod 10^6) ns``.
-  It stays inside the window, is exact to the millisecond for Prometheus, and is unique per first
-  offset within a window in practice. (A tag would make every batch a new series.)
+    window start + fingerprint(record value) mod window length (ns)
 
-A batch retried from the same offset, larger or smaller (bisected), writes its aggregate of a
-group and window under the same first offset — the lowest offset of that group's records, which
-does not depend on where the batch ends — so it replaces the earlier attempt's value; records
-beyond the retried batch form their own partial aggregate under their own first offset. Summing
-every point of a window (``GROUP BY time(window)``) therefore gives the exact total. A flush that
-fails part-way while aggregates are in the batch fails the whole batch (a partial batch response
-could restart a partition in the middle of an aggregate).
+a pure function of the record: every redelivery, however it is cut, and every replay rewrites the same
+points, and a re-sent record (the same bytes) is one point. A window's total is the sum (minimum,
+maximum) of its points: ``GROUP BY time(window)``. Two distinct records of one group and window share
+a point with probability 1 / window length in ns per pair (1 in 6·10^10 for 60 s).
+
+**Prometheus cannot replace a sample**, and a record-level sample would not fit its millisecond
+resolution. Remote write (and InfluxDB with ``influx_output: aggregates``) gets one **aggregate** per
+rule, group, window and Kafka partition of the batch, over the batch's records (each Kafka record
+counts, re-sends included), identified by
+
+* the label ``partition`` (``topic-partition``): partitions never write the same sample;
+* the **first offset** among its records, in the timestamp, never on the window's start (so a range
+  query ending on a window boundary sees each sample in one window only); with ``s = window_ms - 1``::
+
+      window start + (1 + first_offset mod s) ms + (first_offset div s mod 10^6) ns
+
+The pipeline writes aggregates last, in one request per sink, once every other point of the batch was
+acknowledged by every sink, so a batch that fails stores none of them, and its retry — larger,
+smaller, cut anyhow — writes its own. What is not exact with aggregates: a redelivery of records whose
+aggregates a sink already acknowledged, cut differently (an offset rewind, a lost commit): see README.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..identity import fingerprint
 from ..lineparse import LineError, parse_fields, parse_series, render_line, series_end
 from .model import NS_PER_MS, Rule, RuleSet
 
 Origin = tuple[str, dict[str, Any]]
 
+#: Sink families: how a sink treats a point written again (see the module doc).
+INFLUX = "influx"  # replaces it: record-level contributions are exact
+REMOTE_WRITE = "remote_write"  # cannot replace a sample: per-batch aggregates, written last
+
 
 def aggregate_timestamp(window_start: int, window_ms: int, first_offset: int) -> int:
-    """The aggregate's timestamp: its window's start plus an encoding of its first offset."""
-    return window_start + (first_offset % window_ms) * NS_PER_MS + (first_offset // window_ms) % NS_PER_MS
+    """An aggregate's timestamp: inside its window, never on its start, carrying its first offset."""
+    slots = window_ms - 1
+    return window_start + (1 + first_offset % slots) * NS_PER_MS + (first_offset // slots) % NS_PER_MS
+
+
+def contribution_timestamp(window_start: int, window_ns: int, value: str | bytes) -> int:
+    """A record's contribution's timestamp: inside its window, from the record's bytes alone."""
+    data = value.encode() if isinstance(value, str) else value
+    return window_start + fingerprint(data) % window_ns
+
+
+@dataclass
+class Output:
+    """A point a rule writes: its line, the records it is made of, the sinks it goes to."""
+
+    line: str
+    origins: list[Origin]
+    families: frozenset[str]
+    aggregate: bool  # per batch: written after every other point of the batch was acknowledged
 
 
 @dataclass
@@ -49,11 +80,13 @@ class _Accumulator:
 
 
 @dataclass
-class Aggregates:
-    lines: list[str] = field(default_factory=list)
-    origins: list[list[Origin]] = field(default_factory=list)  # every record in each aggregate
+class RuleOutputs:
+    outputs: list[Output] = field(default_factory=list)
     drop: set[int] = field(default_factory=set)  # raw lines consumed by a keep_raw: false rule
-    consumed: int = 0  # raw points that went into at least one aggregate
+    consumed: int = 0  # raw points that went into at least one output
+    contributions: int = 0
+    aggregates: int = 0
+    shared: int = 0  # contributions of distinct records at one point (one of them is kept)
     unreadable: int = 0  # lines that could not be parsed (never expected: refinery wrote them)
 
 
@@ -74,17 +107,28 @@ def _plan(series: str, ruleset: RuleSet) -> list[tuple[int, Rule, tuple[str, ...
     ]
 
 
+def _combine(aggregation: str, a: int | float, b: int | float) -> int | float:
+    if aggregation in ("sum", "count"):
+        return a + b
+    return min(a, b) if aggregation == "min" else max(a, b)
+
+
 def aggregate(
     lines: Sequence[str],
     origins_of: Callable[[int], list[Origin]],
     ruleset: RuleSet,
     extra_tags: dict[str, str] | None = None,
-) -> Aggregates:
-    """Aggregate the batch's points; the output lines are in first-seen order (deterministic)."""
-    out = Aggregates()
+    families: Collection[str] = (INFLUX,),
+) -> RuleOutputs:
+    """The rules' outputs for the sinks of ``families``, in a deterministic order."""
+    out = RuleOutputs()
     sources = ruleset.by_source
+    extra = extra_tags or {}
+    influx = INFLUX in families
+    remote = REMOTE_WRITE in families
     plans: dict[str, list[tuple[int, Rule, tuple[str, ...]]]] = {}
     accumulators: dict[tuple[int, tuple[str, ...], int, str], _Accumulator] = {}
+    contributions: dict[tuple[int, tuple[str, ...], int], tuple[str, Output]] = {}  # by identity
     for index, line in enumerate(lines):
         if _measurement(line) not in sources:
             continue
@@ -103,51 +147,83 @@ def aggregate(
             out.unreadable += 1
             continue
         origins = origins_of(index)
-        partition = origins[0][0]
-        offset = min(
-            (r.get("offset") for k, r in origins if k == partition and type(r.get("offset")) is int),
-            default=0,
-        )
         used = False
         for number, rule, group in plan:
-            if rule.field is None:
+            if rule.field is None or rule.aggregation == "count":
+                if rule.field is not None and rule.field not in fields:
+                    continue
                 contribution: int | float = 1
             else:
                 value = fields.get(rule.field)
-                if value is None:
+                if type(value) is not int and type(value) is not float:
                     continue
-                if rule.aggregation == "count":
-                    contribution = 1
-                elif type(value) is int or type(value) is float:
-                    contribution = value
-                else:
-                    continue
+                contribution = value
             used = True
             window = timestamp - timestamp % rule.window_ns
-            key = (number, group, window, partition)
-            acc = accumulators.get(key)
-            if acc is None:
-                acc = accumulators[key] = _Accumulator(contribution, offset, {})
-            else:
-                if rule.aggregation in ("sum", "count"):
-                    acc.value += contribution
-                elif rule.aggregation == "min":
-                    acc.value = min(acc.value, contribution)
-                else:
-                    acc.value = max(acc.value, contribution)
-                acc.first_offset = min(acc.first_offset, offset)
-            for origin in origins:
-                acc.origins.setdefault(id(origin[1]), origin)
+            records_mode = rule.influx_output == "records"
+            if influx and records_mode:
+                _contribute(out, contributions, rule, number, group, window, contribution, origins, extra)
+            if remote or (influx and not records_mode):
+                for origin in origins:  # every Kafka record counts, in its own partition's aggregate
+                    key = (number, group, window, origin[0])
+                    offset = origin[1].get("offset")
+                    offset = offset if type(offset) is int else 0
+                    acc = accumulators.get(key)
+                    if acc is None:
+                        accumulators[key] = _Accumulator(contribution, offset, {id(origin[1]): origin})
+                    else:
+                        acc.value = _combine(rule.aggregation, acc.value, contribution)
+                        acc.first_offset = min(acc.first_offset, offset)
+                        acc.origins.setdefault(id(origin[1]), origin)
             if not rule.keep_raw:
                 out.drop.add(index)
         out.consumed += used
-    extra = extra_tags or {}
     for (number, group, window, partition), acc in accumulators.items():
         rule = ruleset.rules[number]
-        tags = {**rule.constant_tags, **extra}
-        tags.update((k, v) for k, v in zip(rule.keep, group, strict=True) if v)
+        tags = _tags(rule, group, extra)
         tags["partition"] = partition
         stamp = aggregate_timestamp(window, rule.window_ms, acc.first_offset)
-        out.lines.append(render_line(rule.name, tags, {rule.output_field: acc.value}, stamp))
-        out.origins.append(list(acc.origins.values()))
+        targets = {REMOTE_WRITE} if remote else set()
+        if influx and rule.influx_output == "aggregates":
+            targets.add(INFLUX)
+        line = render_line(rule.name, tags, {rule.output_field: acc.value}, stamp)
+        out.outputs.append(Output(line, list(acc.origins.values()), frozenset(targets), aggregate=True))
+        out.aggregates += 1
     return out
+
+
+def _tags(rule: Rule, group: tuple[str, ...], extra: dict[str, str]) -> dict[str, str]:
+    tags = {**rule.constant_tags, **extra}
+    tags.update((k, v) for k, v in zip(rule.keep, group, strict=True) if v)
+    return tags
+
+
+def _contribute(
+    out: RuleOutputs,
+    seen: dict[tuple[int, tuple[str, ...], int], tuple[str, Output]],
+    rule: Rule,
+    number: int,
+    group: tuple[str, ...],
+    window: int,
+    contribution: int | float,
+    origins: list[Origin],
+    extra: dict[str, str],
+) -> None:
+    """One point per distinct record value among ``origins`` (re-sends of one record are one point)."""
+    by_value: dict[str, list[Origin]] = {}
+    for origin in origins:
+        value = origin[1].get("value")
+        by_value.setdefault(value if isinstance(value, str) else repr(value), []).append(origin)
+    for value, records in by_value.items():
+        stamp = contribution_timestamp(window, rule.window_ns, value)
+        identity = (number, group, stamp)
+        other = seen.get(identity)
+        if other is not None:  # another record at the same point: InfluxDB keeps one of the two
+            out.shared += other[0] != value
+            other[1].origins.extend(records)
+            continue
+        line = render_line(rule.name, _tags(rule, group, extra), {rule.output_field: contribution}, stamp)
+        output = Output(line, records, frozenset({INFLUX}), aggregate=False)
+        seen[identity] = (value, output)
+        out.outputs.append(output)
+        out.contributions += 1

@@ -12,6 +12,7 @@ The file (bundled with the function, ``RULES_FILE``, or in S3, ``RULES_BUCKET``/
         window: 60s                     # 1s .. 24h, a whole number of milliseconds
         keep_raw: true                  # false: drop the raw points the rule consumed
         output_field: sum               # optional; default: the aggregation's name
+        influx_output: records          # records (default: a point per record) or aggregates
 
 Every problem is reported at once, each naming the file, the rule and the field:
 ``rules.yaml: rule "http_5xx_per_app": field "window": must be a duration like 60s``.
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..config import parse_duration
 from ..metadata.store import SnapshotSource, SnapshotUnavailable
-from .model import AGGREGATIONS, OPERATORS, Matcher, Rule, RuleSet
+from .model import AGGREGATIONS, INFLUX_OUTPUTS, OPERATORS, Matcher, Rule, RuleSet
 
 SCHEMA_MEASUREMENTS = ("http_request", "log", "instance")
 RESERVED_OUTPUT_TAGS = frozenset({"partition"})
@@ -47,6 +48,7 @@ RULE_KEYS = (
     "window",
     "keep_raw",
     "output_field",
+    "influx_output",
 )
 MIN_WINDOW_MS = 1_000
 MAX_WINDOW_MS = 86_400_000
@@ -155,6 +157,10 @@ def _rule(item: Any, number: int, origin: str, names: set[str], problems: list[s
     if output_field != "" and (not isinstance(output_field, str) or not _NAME.match(output_field)):
         bad("output_field", "must be letters, digits and _, not starting with a digit")
 
+    influx_output = item.get("influx_output", "records")
+    if influx_output not in INFLUX_OUTPUTS:
+        bad("influx_output", f"must be one of {', '.join(INFLUX_OUTPUTS)} (got {influx_output!r})")
+
     if len(problems) > before:
         return None
     return Rule(
@@ -167,6 +173,7 @@ def _rule(item: Any, number: int, origin: str, names: set[str], problems: list[s
         window_ms=window_ms,
         keep_raw=keep_raw,
         output_field=output_field,
+        influx_output=influx_output,
     )
 
 

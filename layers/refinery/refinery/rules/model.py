@@ -4,6 +4,10 @@ A rule reads the points of one **source** measurement that pass its **filter** (
 ``=``, ``!=``, ``=~``, ``!~``, all of which must hold), groups them by the tags it **keeps**, and per
 group and **window** aggregates one **field** (``sum``, ``count``, ``min``, ``max``) into a point of
 the measurement named after the rule. ``keep_raw: false`` drops the raw points it consumed.
+
+What a rule writes depends on the sink (:mod:`refinery.rules.aggregate`): InfluxDB gets one point per
+record (``influx_output: records``, the default) or one per batch (``aggregates``); Prometheus remote
+write always gets one sample per batch, group, window and partition.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 AGGREGATIONS = ("sum", "count", "min", "max")
+#: What a rule writes to InfluxDB: a point per record (exact under any redelivery) or per batch.
+INFLUX_OUTPUTS = ("records", "aggregates")
 OPERATORS = ("=~", "!~", "!=", "=")  # longest first, for parsing
 NS_PER_MS = 1_000_000
 
@@ -51,6 +57,7 @@ class Rule:
     window_ms: int
     keep_raw: bool = True
     output_field: str = ""
+    influx_output: str = "records"
     constant_tags: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

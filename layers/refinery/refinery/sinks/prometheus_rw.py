@@ -10,37 +10,59 @@ Each numeric field of a point becomes one sample of the series
   lose precision), booleans as 1 and 0. **String fields cannot be samples**: they are skipped and
   counted (``sink_skipped_fields``); refinery's own schema and recording rules write none.
 
-Two points of one series less than a millisecond apart would become two samples with the same
-timestamp, which Prometheus refuses (or silently keeps one of, when the values are equal). Within
-a batch the later one is moved forward by 1 ms until it is unique, deterministically, so a retried
-batch writes the same samples (the InfluxDB sink moves nanosecond collisions the same way).
+**Time order.** Prometheus keeps, per series, only samples newer than the series' newest (without
+``out_of_order_time_window``), and within one request silently drops a sample older than one before
+it. The batch's points are therefore sent in time order — sorted by timestamp before they are cut
+into requests, and per series within each request — so that one batch never refuses itself. Two
+points of one series less than a millisecond apart would become two samples with the same
+timestamp, which Prometheus refuses (or silently keeps one of): in that order the later one is
+moved forward by 1 ms until it is unique (the same set of points gives the same samples).
 
 Retries, splitting and quarantine are :class:`~refinery.sinks.base.Sink`'s: 429 and 5xx are
 retried within the invocation's deadline (honouring ``Retry-After``); 400 (out-of-order or
 out-of-bounds sample, duplicate timestamp, bad labels), 413 and 422 split the chunk until the
 refused points are isolated and quarantined; 401, 403 and 404 fail the batch with what to fix.
-Prometheus rolls back a whole request it refuses, so re-sending the accepted halves is exact, and
-re-sending a sample it already has (same timestamp and value) is accepted and changes nothing.
+Prometheus answers ``too old sample`` (beyond its out-of-order window) with a 500, which no retry
+can change: it is a refusal here. Prometheus rolls back a whole request it refuses, so re-sending
+the accepted halves is exact.
+
+**A refused rewrite is acknowledged.** A redelivered batch writes samples Prometheus already holds;
+it refuses the request when one of them is older than its series' newest. Before isolating
+anything, the sink reads the refused request's series back (remote read, :mod:`.remote_read`, at
+``…/api/v1/read`` beside ``…/api/v1/write``): every sample the server holds with the same timestamp
+and value is acknowledged (``sink_rewrites`` in the summary), and only the rest is sent again and,
+if still refused, isolated and quarantined — new data the server genuinely refused. A raw sample
+whose millisecond its series holds with another value (another event, from another batch) is moved
+to the next free millisecond (within ``PROBE_MS``), where every later delivery of it finds it. A
+recording rule's aggregate (:meth:`write_atomic`) that the server holds with *another* value (a
+redelivery cut differently from the one it stored) is counted (``sink_conflicts``) and the stored
+one kept.
 
 protobuf and cramjam (snappy) are imported when the sink is built, never by the enricher otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import requests
 
-from .. import __version__
 from ..config import PrometheusConfig
 from ..lineparse import LineError, parse_line
-from ..retry_after import parse_retry_after
-from .base import Deadline, FlushError, Misconfigured, Retryable, Sink, WriteReport, classify_status
+from ..rules.aggregate import REMOTE_WRITE
+from .base import Deadline, FlushError, Misconfigured, Refused, WriteReport
+from .http import CONNECT_TIMEOUT, HttpSink, quote_answer, read_answer, time_limit
+from .remote_read import READ_HEADERS, decode_read_response, encode_read_request, read_url, same_value
+
+log = logging.getLogger(__name__)
 
 NS_PER_MS = 1_000_000
+#: How far (ms) a raw sample refused for its series' sample of another value at its millisecond is moved.
+PROBE_MS = 50
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[Labels, int, float]
 
@@ -70,11 +92,19 @@ def point_labels(tags: dict[str, str]) -> Labels:
     return tuple(sorted(labels.items()))
 
 
-class PrometheusRemoteWriteSink(Sink):
+class PrometheusRemoteWriteSink(HttpSink):
     name = "prometheus-remote-write"
+    family = REMOTE_WRITE  # cannot replace a sample: recording rules send it per-batch aggregates
 
     def __init__(self, config: PrometheusConfig, **kwargs: Any):
         super().__init__(
+            config.url,
+            headers={
+                "Content-Type": "application/x-protobuf",
+                "Content-Encoding": "snappy",
+                "X-Prometheus-Remote-Write-Version": "0.1.0",
+            },
+            verify=config.verify,
             batch_size=config.batch_size,
             timeout=config.timeout,
             max_retry_wait=config.max_retry_wait,
@@ -85,57 +115,60 @@ class PrometheusRemoteWriteSink(Sink):
         from .remote_write_proto import write_request_class
 
         self.config = config
-        self.url = config.url
         self._compress = cramjam.snappy.compress_raw
         self._request_class = write_request_class()
-        self.session = requests.Session()
-        self.session.headers.update(
-            {
-                "User-Agent": f"refinery/{__version__}",
-                "Content-Type": "application/x-protobuf",
-                "Content-Encoding": "snappy",
-                "X-Prometheus-Remote-Write-Version": "0.1.0",
-            }
-        )
         if config.bearer_token:
             self.session.headers["Authorization"] = f"Bearer {config.bearer_token}"
         elif config.username:
             self.session.auth = (config.username, config.password)
         self._samples: list[list[Sample]] = []
+        self.read_url = read_url(config.url)
+        self._verified: set[int] = set()  # lines of this write already checked against the server
+        self._taken: dict[Labels, set[int]] | None = None  # per series, the ms this write's samples use
+        self._conflicts_acknowledged = False
+        self._decompress = cramjam.snappy.decompress_raw
 
     # -- lines -> samples -------------------------------------------------------------------------
     def samples(self, lines: Sequence[str]) -> tuple[list[list[Sample]], list[tuple[int, str]], int]:
         """Per line its samples (timestamps made unique per series), unreadable lines, skipped fields."""
-        out: list[list[Sample]] = []
+        out, unreadable, skipped, _ = self._prepare(lines)
+        return out, unreadable, skipped
+
+    def _prepare(
+        self, lines: Sequence[str]
+    ) -> tuple[list[list[Sample]], list[tuple[int, str]], int, list[int]]:
+        """:meth:`samples`, and the lines' time order (unreadable lines first): the order they are sent in."""
+        out: list[list[Sample]] = [[] for _ in lines]
         unreadable: list[tuple[int, str]] = []
         skipped = 0
-        used: dict[tuple[str, Labels], set[int]] = {}
+        points = []
         for index, line in enumerate(lines):
             try:
-                point = parse_line(line)
+                points.append((parse_line(line), index))
             except LineError as exc:
                 unreadable.append((index, f"{self.name}: cannot convert the point: {exc}"))
-                out.append([])
-                continue
+        points.sort(key=lambda item: (item[0].timestamp, item[1]))
+        used: dict[tuple[str, Labels], set[int]] = {}
+        for point, index in points:
             labels = point_labels(point.tags)
             ms = point.timestamp // NS_PER_MS
             taken = used.setdefault((point.measurement, labels), set())
             while ms in taken:
                 ms += 1
             taken.add(ms)
-            samples: list[Sample] = []
+            samples = out[index]
             for field, value in point.fields.items():
                 if type(value) is str:
                     skipped += 1
                     continue
                 name = metric_name(point.measurement, field)
                 samples.append(((("__name__", name), *labels), ms, float(value)))
-            out.append(samples)
-        return out, unreadable, skipped
+        order = [index for index, _ in unreadable] + [index for _, index in points]
+        return out, unreadable, skipped, order
 
-    def encode(self, lines: Sequence[str], first: int) -> bytes:
-        if len(self._samples) >= first + len(lines):
-            per_line = self._samples[first : first + len(lines)]
+    def encode(self, lines: Sequence[str], indexes: Sequence[int]) -> bytes:
+        if indexes and len(self._samples) > max(indexes):
+            per_line = [self._samples[i] for i in indexes]
         else:  # called outside write(): convert just these lines
             per_line = self.samples(lines)[0]
         series: dict[Labels, list[tuple[int, float]]] = {}
@@ -154,43 +187,202 @@ class PrometheusRemoteWriteSink(Sink):
 
     # -- writing ----------------------------------------------------------------------------------
     def write(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
-        self._samples, unreadable, skipped = self.samples(lines)
+        """Write the points in time order (see the module doc); indexes in the report are ``lines``'."""
+        samples, unreadable, skipped, order = self._prepare(lines)
+        self._samples = [samples[i] for i in order]
+        self._verified = set()
+        self._taken = None
         try:
-            report = super().write(lines, deadline)
+            report = super().write([lines[i] for i in order], deadline)
         except FlushError as exc:
+            # Acknowledged: the lines before the first one (in the caller's order) not written.
+            acknowledged = min((order[j] for j in range(exc.acknowledged, len(order))), default=len(order))
+            exc.acknowledged = acknowledged
             if exc.report is not None:
+                exc.report.rejected = sorted(
+                    (order[i], message) for i, message in exc.report.rejected if order[i] < acknowledged
+                )
                 exc.report.skipped_fields += skipped
-                _add_rejected(exc.report, [r for r in unreadable if r[0] < exc.acknowledged])
+                _add_rejected(exc.report, [r for r in unreadable if r[0] < acknowledged])
             raise
         finally:
             self._samples = []
+            self._verified = set()
+            self._taken = None
+        report.rejected = sorted((order[i], message) for i, message in report.rejected)
         report.skipped_fields += skipped
         _add_rejected(report, unreadable)
         return report
 
-    def post(self, body: bytes, timeout: float) -> None:
+    def write_atomic(self, lines: Sequence[str], deadline: Deadline) -> WriteReport:
+        """Write ``lines`` (a batch's recording-rule aggregates) in one request: Prometheus takes all of
+        them or none. An aggregate it already holds with another value keeps the stored one."""
+        batch_size = self.batch_size
+        self.batch_size = max(1, len(lines))
+        self._conflicts_acknowledged = True
         try:
-            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session-level verify=False
-            response = self.session.post(self.url, data=body, timeout=timeout, verify=self.config.verify_tls)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Retryable(f"POST {self.url}: {type(exc).__name__}") from exc
-        if 200 <= response.status_code < 300:
-            return
-        message = f"POST {self.url} answered {response.status_code}: {response.text.strip()[:500]}"
-        if response.status_code == 404:
-            raise Misconfigured(
-                f"{message} (not a remote-write endpoint: Prometheus needs "
-                "--web.enable-remote-write-receiver and the path /api/v1/write)",
-                404,
-            )
-        raise classify_status(
-            response.status_code, message, parse_retry_after(response.headers.get("Retry-After"))
-        )
+            return self.write(lines, deadline)
+        finally:
+            self.batch_size = batch_size
+            self._conflicts_acknowledged = False
 
-    def close(self) -> None:
-        self.session.close()
+    # -- refusals: rewrites, and new data the server refuses --------------------------------------
+    def _isolate(
+        self,
+        part: list[int],
+        lines: Sequence[str],
+        first: int,
+        refusal: Refused,
+        deadline: Deadline,
+        report: WriteReport,
+    ) -> None:
+        """First drop what the server already holds (read back once per line), then isolate the rest."""
+        unverified = [first + i for i in part if first + i not in self._verified]
+        if self.read_url is None or not unverified or refusal.status == 413:
+            super()._isolate(part, lines, first, refusal, deadline, report)
+            return
+        own = {first + i: _timestamp_ms(lines[i]) for i in part}  # before any move within the batch
+        try:
+            stored = self._read_back(unverified, own, deadline)
+        except _ReadFailed as exc:
+            log.warning(
+                "%s: cannot read back the refused samples (%s): isolating them one by one", self.name, exc
+            )
+            self._verified.update(unverified)
+            super()._isolate(part, lines, first, refusal, deadline, report)
+            return
+        self._verified.update(unverified)
+        rest: list[int] = []
+        changed = False
+        for i in part:
+            kept: list[Sample] = []
+            for sample in self._samples[first + i]:
+                labels = tuple(sorted(sample[0]))
+                have = stored.get((labels, sample[1]))
+                held = (stored.get((labels, ms)) for ms in range(own[first + i], sample[1] + 1))
+                if any(value is not None and same_value(value, sample[2]) for value in held):
+                    report.rewrites += 1  # the server holds this very sample (maybe moved): acknowledged
+                elif have is None:
+                    kept.append(sample)
+                elif self._conflicts_acknowledged:
+                    report.conflicts += 1  # an aggregate it holds with another value: keep the stored one
+                else:
+                    # Another event of the series at this millisecond: the next free one, as in a batch.
+                    moved = self._relocate(labels, sample, stored)
+                    if moved is True:
+                        report.rewrites += 1
+                    else:
+                        kept.append(sample if moved is None else (sample[0], moved, sample[2]))
+            changed = changed or kept != self._samples[first + i]
+            self._samples[first + i] = kept
+            if kept:
+                rest.append(i)
+        if changed:
+            self._send(rest, lines, first, deadline, report)
+        else:
+            super()._isolate(part, lines, first, refusal, deadline, report)
+
+    def _relocate(
+        self, labels: Labels, sample: Sample, stored: dict[tuple[Labels, int], float]
+    ) -> int | bool | None:
+        """For a raw sample whose millisecond the server holds with another value (another event of the
+        series): True if it holds this sample a few ms later (moved there by an earlier write), else the
+        first free ms after it (None: none within PROBE_MS). Every write finds the same place for it."""
+        if self._taken is None:
+            self._taken = {}
+            for samples in self._samples:
+                for other, ms, _ in samples:
+                    self._taken.setdefault(tuple(sorted(other)), set()).add(ms)
+        taken = self._taken.setdefault(labels, set())
+        for ms in range(sample[1] + 1, sample[1] + 1 + PROBE_MS):
+            have = stored.get((labels, ms))
+            if have is not None:
+                if same_value(have, sample[2]):
+                    return True
+                continue
+            if ms not in taken:
+                taken.add(ms)
+                return ms
+        return None
+
+    def _read_back(
+        self, indexes: Sequence[int], own: Mapping[int, int], deadline: Deadline
+    ) -> dict[tuple[Labels, int], float]:
+        """The samples the server holds, of the series of the lines at ``indexes``, over their times (from
+        their points' own millisecond to PROBE_MS after)."""
+        spans: dict[Labels, list[int]] = {}
+        for index in indexes:
+            for labels, ms, _ in self._samples[index]:
+                start = min(ms, own.get(index, ms))
+                span = spans.setdefault(tuple(sorted(labels)), [start, ms + PROBE_MS])
+                span[0] = min(span[0], start)
+                span[1] = max(span[1], ms + PROBE_MS)
+        if not spans:
+            return {}
+        body = bytes(self._compress(encode_read_request((k, a, b) for k, (a, b) in spans.items())))
+        timeout = min(self.timeout, deadline.remaining())
+        if timeout <= 0:
+            raise _ReadFailed("no time left")
+        try:
+            with time_limit(timeout):
+                response = self.session.post(
+                    self.read_url,  # type: ignore[arg-type]
+                    data=body,
+                    headers=READ_HEADERS,
+                    timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
+                    verify=self.verify,
+                    stream=True,
+                    allow_redirects=False,
+                )
+                try:
+                    data = read_answer(response, limit=64 * 1024 * 1024)
+                finally:
+                    response.close()
+        except (requests.RequestException, OSError) as exc:
+            raise _ReadFailed(type(exc).__name__) from exc
+        if response.status_code != 200:
+            text = quote_answer(data.decode("utf-8", "replace"))
+            raise _ReadFailed(f"{self.read_url} answered {response.status_code}: {text}")
+        try:
+            return decode_read_response(bytes(self._decompress(data)))
+        except Exception as exc:  # any undecodable answer: it cannot tell, isolate instead
+            raise _ReadFailed(f"an answer that is not a remote-read response: {exc}") from exc
+
+    def check(self, status: int, headers: Mapping[str, str], text: str) -> None:
+        """Remote write 1.0: any 2xx is success, unless it is a web page (a proxy's or a login page)."""
+        if 200 <= status < 300:
+            if "text/html" in (headers.get("Content-Type") or "").lower():
+                raise Misconfigured(
+                    f"POST {self.shown_url} answered {status} with a web page, not a remote-write receiver's "
+                    f"answer (a proxy, a login page?); it begins {quote_answer(text)}",
+                    status,
+                    body=text,
+                )
+            return
+        if status == 500 and "too old sample" in text:
+            # Beyond Prometheus' out-of-order window: refused for good (a retry cannot change it).
+            raise Refused(f"POST {self.shown_url} answered 500: {quote_answer(text)}", status, body=text)
+        if status == 404:
+            raise Misconfigured(
+                f"POST {self.shown_url} answered 404: {quote_answer(text)} (not a remote-write endpoint: "
+                "Prometheus needs --web.enable-remote-write-receiver and the path /api/v1/write)",
+                404,
+                body=text,
+            )
+        self.check_error(status, headers, text)
 
 
 def _add_rejected(report: WriteReport, rejected: list[tuple[int, str]]) -> None:
     if rejected:
         report.rejected = sorted([*report.rejected, *rejected])
+
+
+class _ReadFailed(Exception):
+    """The server's samples could not be read back."""
+
+
+def _timestamp_ms(line: str) -> int:
+    try:
+        return int(line.rsplit(" ", 1)[1]) // NS_PER_MS
+    except (IndexError, ValueError):
+        return 0
