@@ -74,13 +74,20 @@ def test_without_any_snapshot_records_are_quarantined_not_dropped(tmp_path) -> N
     assert result.balanced
 
 
-def test_identical_records_give_one_point_and_distinct_ones_keep_their_own(tmp_path) -> None:
+def resent_and_twin(tmp_path) -> tuple[dict, list[bytes], MetadataStore]:
+    """A log record, the same bytes again (a re-send) and a twin at the same nanosecond with another
+    message of another length, with a loaded store."""
     log = json.loads(sample_envelopes()[1])
     other = json.loads(sample_envelopes()[1])
     other["logMessage"]["message"] = base64.b64encode(b"a different message").decode()
     values = [json.dumps(log).encode(), json.dumps(log).encode(), json.dumps(other).encode()]
     store = store_for(tmp_path, sample_snapshot())
     store.refresh_if_due()
+    return log, values, store
+
+
+def test_identical_records_give_one_point_and_distinct_ones_keep_their_own(tmp_path) -> None:
+    log, values, store = resent_and_twin(tmp_path)
     done = transform_batch(build_kafka_event(values, partitions=1), store)
     assert done.result.resends == 1 and done.result.identity_collisions == 0
     # Each point's time is the event's microsecond with the last three digits from its record's bytes.
@@ -95,12 +102,7 @@ def test_identical_records_give_one_point_and_distinct_ones_keep_their_own(tmp_p
 
 
 def test_exact_timestamps_count_the_collision_they_cannot_avoid(tmp_path) -> None:
-    log = json.loads(sample_envelopes()[1])
-    other = json.loads(sample_envelopes()[1])
-    other["logMessage"]["message"] = base64.b64encode(b"a different message").decode()
-    values = [json.dumps(log).encode(), json.dumps(log).encode(), json.dumps(other).encode()]
-    store = store_for(tmp_path, sample_snapshot())
-    store.refresh_if_due()
+    log, values, store = resent_and_twin(tmp_path)
     done = transform_batch(build_kafka_event(values, partitions=1), store, timestamp_digits=0)
     assert done.result.resends == 1 and done.result.identity_collisions == 1
     assert [line.rsplit(" ", 1)[1] for line in done.lines] == [str(log["logMessage"]["timestamp"])] * 2
