@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -455,3 +456,280 @@ def test_every_ca_bundle_setting_is_passed_to_the_functions() -> None:
     bundles = [s.name for s in SETTINGS if s.name.endswith("_CA_BUNDLE")]
     assert sorted(bundles) == ["CF_CA_BUNDLE", "INFLUX_CA_BUNDLE", "PROM_CA_BUNDLE"]
     assert all(name in env and f"{name}_SECRET" in env for name in bundles)
+
+
+# ------------------------------------------------- issue 18: every setting on a deployed stack
+
+
+#: Settings that have no use on a deployed function, hence no parameter: each with the reason.
+LOCAL_ONLY = {
+    "METADATA_FILE": "a local snapshot file instead of S3 (local runs and tests); a deployed enricher "
+    "reads the stack's METADATA_BUCKET, and the two together are refused",
+    "QUARANTINE_DIR": "a local directory used only when no quarantine bucket is set; a deployed "
+    "function always has one (QUARANTINE_BUCKET, below)",
+}
+
+#: Settings the template sets to a fixed value instead of a parameter: what the functions' policies
+#: (WriteQuarantine, ReadRules) and the quarantine lifecycle rule are scoped to (README: Settings).
+FIXED = {
+    "METADATA_BUCKET": "<MetadataBucket>",  # the bucket the stack creates
+    "QUARANTINE_BUCKET": "<MetadataBucket>",
+    "QUARANTINE_PREFIX": "quarantine/",
+    "RULES_BUCKET": "<MetadataBucket>",
+}
+
+#: Read only by the metadata-refresh function.
+REFRESH_ONLY = {"MAX_APP_LOSS", "REFRESH_FORCE"}
+
+ENRICHERS = ("EnricherFunction", "SelfManagedEnricherFunction")
+
+#: The parameters without a default, with values that pass the settings' validation.
+REQUIRED_VALUES = {
+    "InfluxUrl": "https://influxdb.example.com:8086",
+    "CfApiUrl": "https://api.sys.example.com",
+    "CfClientSecretArn": "arn:aws:secretsmanager:us-east-1:000000000000:secret:cf",
+}
+
+_NO_VALUE = object()
+
+
+def _refresh_reads(name: str) -> bool:
+    from refinery.config import SETTINGS_BY_NAME
+
+    return SETTINGS_BY_NAME[name].group == "cf" or name in ("METADATA_BUCKET", "METADATA_KEY")
+
+
+def _resolve(value: Any, params: dict[str, str], conditions: dict[str, Any]) -> Any:
+    """An environment value as CloudFormation would resolve it (``_NO_VALUE`` for ``AWS::NoValue``);
+    a resource's Ref or attribute resolves to ``<Name>``."""
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return [v for v in (_resolve(x, params, conditions) for x in value) if v is not _NO_VALUE]
+    ((key, arg),) = value.items()
+    if key == "Ref":
+        if arg == "AWS::NoValue":
+            return _NO_VALUE
+        return params.get(arg, f"<{arg}>")
+    if key == "Fn::GetAtt":
+        return f"<{arg if isinstance(arg, str) else '.'.join(arg)}>"
+    if key == "Condition":
+        return _resolve(conditions[arg], params, conditions)
+    if key == "Fn::If":
+        taken = arg[1] if _resolve(conditions[arg[0]], params, conditions) else arg[2]
+        return _resolve(taken, params, conditions)
+    if key == "Fn::Equals":
+        left, right = (_resolve(x, params, conditions) for x in arg)
+        return left == right
+    if key == "Fn::Not":
+        return not _resolve(arg[0], params, conditions)
+    if key == "Fn::And":
+        return all(_resolve(x, params, conditions) for x in arg)
+    if key == "Fn::Or":
+        return any(_resolve(x, params, conditions) for x in arg)
+    if key == "Fn::Join":
+        items = _resolve(arg[1], params, conditions)
+        return arg[0].join(items if isinstance(items, list) else [items])
+    if key == "Fn::Split":
+        return _resolve(arg[1], params, conditions).split(arg[0])
+    if key == "Fn::Select":
+        return _resolve(arg[1], params, conditions)[int(arg[0])]
+    raise AssertionError(f"unexpected intrinsic {key} in an environment variable")
+
+
+@functools.cache
+def _translated_once() -> dict[str, Any]:
+    """:func:`_translated` with the default parameters, once per session."""
+    import os
+
+    saved = os.environ.get("AWS_DEFAULT_REGION")
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+    try:
+        return _translated()
+    finally:
+        if saved is None:
+            del os.environ["AWS_DEFAULT_REGION"]
+        else:
+            os.environ["AWS_DEFAULT_REGION"] = saved
+
+
+def _environment(function: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """A translated function's environment for the given parameters (the rest at their defaults)."""
+    translated = _translated_once()
+    params = {name: str(p.get("Default", "")) for name, p in translated["Parameters"].items()}
+    params |= REQUIRED_VALUES | (overrides or {})
+    variables = translated["Resources"][function]["Properties"]["Environment"]["Variables"]
+    resolved = {name: _resolve(value, params, translated["Conditions"]) for name, value in variables.items()}
+    return {name: value for name, value in resolved.items() if value is not _NO_VALUE}
+
+
+def _variables(name: str) -> list[str]:
+    """The variables that carry a setting: itself, and for a secret its references too."""
+    from refinery.config import SETTINGS_BY_NAME
+
+    return [name, f"{name}_SECRET", f"{name}_PARAMETER"] if SETTINGS_BY_NAME[name].secret else [name]
+
+
+def _sample(parameter: dict[str, Any]) -> str:
+    """A value of a parameter other than its default."""
+    if "AllowedValues" in parameter:
+        return next(str(v) for v in parameter["AllowedValues"] if str(v) != str(parameter.get("Default")))
+    if parameter["Type"] == "Number":
+        return str(int(parameter.get("MinValue", 0)) + 7)
+    return "sample-value"
+
+
+def _parameters_of(function: str, variable: str) -> set[str]:
+    """The template parameters a translated function's variable is computed from."""
+    found: set[str] = set()
+    names = set(_translated_once()["Parameters"])
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("Ref") in names:
+                found.add(value["Ref"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(_translated_once()["Resources"][function]["Properties"]["Environment"]["Variables"].get(variable))
+    return found
+
+
+def test_every_setting_reaches_the_functions_environment_through_a_parameter() -> None:
+    """Each setting of the settings table, set by its parameter, arrives in the environment of every
+    function that reads it (enricher settings: both enrichers; refresh settings: the refresh)."""
+    from refinery.config import SETTINGS
+
+    template = _template()
+    covered: set[str] = set()
+    for setting in SETTINGS:
+        if setting.name in LOCAL_ONLY:
+            continue
+        functions = [] if setting.name in REFRESH_ONLY else list(ENRICHERS)
+        functions += ["MetadataRefreshFunction"] if _refresh_reads(setting.name) else []
+        for function in functions:
+            defaults = _environment(function)
+            if setting.name in FIXED:
+                assert defaults[setting.name] == FIXED[setting.name], (function, setting.name)
+                covered.add(setting.name)
+                continue
+            variables = _variables(setting.name)
+            parameters = {p for v in variables for p in _parameters_of(function, v)}
+            assert parameters, f"{function}: no parameter sets {setting.name}"
+            for parameter in parameters:
+                value = _sample(template["Parameters"][parameter])
+                env = _environment(function, {parameter: value})
+                assert any(env.get(v) == value for v in variables), (function, setting.name, parameter)
+            covered.add(setting.name)
+    assert covered == {s.name for s in SETTINGS} - set(LOCAL_ONLY)
+    assert len(template["Parameters"]) <= 200  # CloudFormation's limit per template
+
+
+def test_an_unset_optional_parameter_leaves_its_variable_unset() -> None:
+    """With every parameter at its default, a variable holding "" is one its setting reads as unset
+    ("" is the setting's default, or parses to nothing); the others are not set at all, so the
+    setting's own default applies (an empty FILTER_* would otherwise match only empty names)."""
+    from refinery.config import SETTINGS_BY_NAME
+
+    for function in (*ENRICHERS, "MetadataRefreshFunction"):
+        for variable, value in _environment(function).items():
+            setting = SETTINGS_BY_NAME.get(variable)
+            if value != "" or setting is None or setting.secret:
+                continue
+            assert setting.default is not None or not setting.parse(""), (function, variable)
+        assert not any(v.startswith("FILTER_") for v in _environment(function)), function
+
+
+def test_the_functions_load_their_settings_with_the_template_defaults() -> None:
+    from refinery.config import load_config
+
+    def resolver(setting: str, kind: str, reference: str) -> str:
+        return "from-" + reference
+
+    for function in ENRICHERS:
+        env = _environment(function, {"InfluxOrg": "o", "InfluxBucket": "b", "InfluxTokenSecretArn": "arn:t"})
+        config = load_config(env, resolver=resolver, role="enricher")
+        assert config.influx is not None and config.influx.token == "from-arn:t"
+        assert config.quarantine_bucket == "<MetadataBucket>" and config.point_filter is None
+    config = load_config(_environment("MetadataRefreshFunction"), resolver=resolver, role="refresh")
+    assert config.cf is not None and config.max_app_loss == 0.5 and config.refresh_force is False
+
+
+def test_every_environment_fits_lambdas_4_kb_with_every_parameter_given() -> None:
+    """Lambda refuses more than 4 KB of environment (names and values). Every parameter given, secrets
+    and CA bundles as 100-character ARNs and other strings 40 characters long, it still fits."""
+    template = _template()
+    values: dict[str, str] = {}
+    for name, parameter in template["Parameters"].items():
+        if "AllowedValues" in parameter:
+            values[name] = max((str(v) for v in parameter["AllowedValues"]), key=len)
+        elif parameter["Type"] == "Number":
+            values[name] = str(parameter.get("MaxValue", 1_000_000))
+        elif name.endswith("Arn") or name.endswith("CaBundle"):
+            values[name] = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:" + "x" * 43
+        else:
+            values[name] = "x" * 40
+    for function in (*ENRICHERS, "MetadataRefreshFunction"):
+        env = _environment(function, values)
+        size = sum(len(k) + len(v) for k, v in env.items())
+        assert size <= 4096, (function, size)
+
+
+def test_every_parameter_is_in_one_group_and_labels_name_parameters() -> None:
+    template = _template()
+    interface = template["Metadata"]["AWS::CloudFormation::Interface"]
+    grouped = [p for group in interface["ParameterGroups"] for p in group["Parameters"]]
+    assert sorted(grouped) == sorted(template["Parameters"])  # each exactly once
+    assert set(interface["ParameterLabels"]) <= set(template["Parameters"])
+    first = interface["ParameterGroups"][:3]
+    assert all(g["Label"]["default"].startswith("Required") for g in first)
+    required = {name for name, p in template["Parameters"].items() if "Default" not in p}
+    assert required <= {p for g in first for p in g["Parameters"]}
+
+
+# ---------------------------------------------------------------- issue 18: samconfig example
+
+SAMCONFIG = TEMPLATE.parent / "samconfig.example.toml"
+
+
+def _samconfig_overrides() -> dict[str, str]:
+    """The example's parameter_overrides, parsed by SAM CLI's own converter."""
+    import tomllib
+
+    from samcli.cli.types import CfnParameterOverridesType
+
+    config = tomllib.loads(SAMCONFIG.read_text())
+    overrides = config["default"]["deploy"]["parameters"]["parameter_overrides"]
+    return CfnParameterOverridesType().convert(overrides, None, None)
+
+
+def test_the_samconfig_example_sets_only_parameters_and_every_required_one() -> None:
+    import re
+    import tomllib
+
+    template = _template()
+    overrides = _samconfig_overrides()
+    assert set(overrides) <= set(template["Parameters"]), set(overrides) - set(template["Parameters"])
+    readme = (TEMPLATE.parent / "README.md").read_text()
+    deploying = readme.split("## Deploying", 1)[1].split("\n## ", 1)[0]
+    for name, parameter in template["Parameters"].items():
+        if "Default" not in parameter:
+            assert name in overrides or f"`{name}` (required)" in deploying, name
+        if "AllowedValues" in parameter and name in overrides:
+            assert overrides[name] in [str(v) for v in parameter["AllowedValues"]], name
+    # the Kafka source, topic, InfluxDB URL and credential, Cloud Controller API and client
+    assert {"MskClusterArn", "KafkaTopic", "InfluxUrl", "InfluxTokenSecretArn"} <= set(overrides)
+    assert {"CfApiUrl", "CfClientId", "CfClientSecretArn"} <= set(overrides)
+    # placeholders only: no account id, no real host
+    text = SAMCONFIG.read_text()
+    assert not re.search(r"(?<!\d)\d{12}(?!\d)", text)
+    for value in overrides.values():
+        if "://" in value:
+            assert ".example.com" in value, value
+        if value.startswith("arn:"):
+            assert ":REGION:ACCOUNT_ID:" in value, value
+    deploy = tomllib.loads(text)["default"]["deploy"]["parameters"]
+    assert deploy["capabilities"] == "CAPABILITY_IAM"  # the template creates roles, none named
