@@ -6,6 +6,9 @@ interpolated the way Grafana's InfluxDB data source does it (``$timeFilter``, ``
 ``$__interval_ms``, and ``$org``/``$space``/``$app`` as regex-escaped values, ``(a|b)`` for several
 values, the custom all value ``.*`` for All) and sent to ``/query``: each must parse and return rows
 with data, for All, for one app whose name needs escaping, and for two apps in two orgs.
+
+The pipeline row's queries read ``refinery_batch``, the points the enricher writes about itself with
+``PIPELINE_METRICS=true`` (timestamped at the invocation, so their time range is the test's own).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +29,8 @@ from mixed_batch import BASE_NS, CC_SECRET, SPECIAL_NAME, MixedBatch, mixed_batc
 from refinery import enricher
 from refinery.devtools.fake_cc import FakeCloudController
 from refinery.devtools.lambda_context import LocalContext
+from refinery.pipeline_metrics import COUNTS
+from refinery.pipeline_metrics import MEASUREMENT as PIPELINE
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +64,33 @@ FIELDS = {
     "disk_pct",
 }
 ALIASES = {"p50", "p90", "p99", "memory", "disk"}
+#: The pipeline points (README "Operating it": PIPELINE_METRICS).
+PIPELINE_TAGS = {"function", "topic"}
+PIPELINE_FIELDS = {
+    *COUNTS,
+    "enrichment_misses",
+    "sink_seconds",
+    "batch_lag_ms",
+    "snapshot_age_s",
+    "failures",
+    "partial_failures",
+}
+PIPELINE_ALIASES = {
+    "in",
+    "written",
+    "dropped",
+    "quarantined",
+    "lag",
+    "mean",
+    "max",
+    "retries",
+    "misses",
+    "resends",
+    "identity collisions",
+    "failures",
+    "partial failures",
+    "snapshot age",
+}
 START_NS = BASE_NS - 600 * 10**9
 END_NS = BASE_NS + 600 * 10**9
 INTERVAL = ("1s", 1000)
@@ -76,8 +109,10 @@ def format_values(values: list[str] | None) -> str:
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 
-def interpolate(query: str, selection: dict[str, list[str] | None]) -> str:
-    time_filter = f"time >= {START_NS // 10**6}ms and time <= {END_NS // 10**6}ms"
+def interpolate(
+    query: str, selection: dict[str, list[str] | None], window: tuple[int, int] = (START_NS, END_NS)
+) -> str:
+    time_filter = f"time >= {window[0] // 10**6}ms and time <= {window[1] // 10**6}ms"
     text = query.replace("$timeFilter", time_filter)
     text = text.replace("$__interval_ms", str(INTERVAL[1])).replace("$__interval", INTERVAL[0])
     for name in ("org", "space", "app"):
@@ -109,8 +144,10 @@ def variable_queries(doc: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def influx(influxdb1: Any, moto_server: Any) -> Iterator[tuple[Any, str, MixedBatch]]:
-    """The enricher's output for a mixed batch, in a fresh database of the real InfluxDB 1.x."""
+def influx(influxdb1: Any, moto_server: Any) -> Iterator[tuple[Any, str, MixedBatch, tuple[int, int]]]:
+    """The enricher's output for a mixed batch, in a fresh database of the real InfluxDB 1.x, with its
+    pipeline points; then a second batch re-sending some of its records (pipeline points: resends).
+    Also the window of time the invocations ran in (the pipeline points' timestamps)."""
     batch = mixed_batch(records=2000, seed=11)
     db = f"grafana_{uuid.uuid4().hex[:10]}"
     bucket = f"grafana-{uuid.uuid4().hex[:12]}"
@@ -120,7 +157,7 @@ def influx(influxdb1: Any, moto_server: Any) -> Iterator[tuple[Any, str, MixedBa
         FakeCloudController(batch.foundation, client_id="refinery", client_secret=CC_SECRET) as cc,
     ):
         for name in list(os.environ):
-            if name.startswith(("INFLUX_", "CF_", "METADATA_", "QUARANTINE_", "AWS_")):
+            if name.startswith(("INFLUX_", "CF_", "METADATA_", "QUARANTINE_", "AWS_", "PIPELINE_")):
                 env.delenv(name)
         env.setenv("AWS_ACCESS_KEY_ID", "testing")
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -134,14 +171,30 @@ def influx(influxdb1: Any, moto_server: Any) -> Iterator[tuple[Any, str, MixedBa
         env.setenv("CF_API_URL", cc.url)
         env.setenv("CF_CLIENT_ID", "refinery")
         env.setenv("CF_CLIENT_SECRET", CC_SECRET)
+        env.setenv("PIPELINE_METRICS", "true")
         enricher.reset_runtime()
+        started = time.time_ns()
         try:
             result = enricher.handler(batch.event, LocalContext(timeout_seconds=60))
+            again = enricher.handler(resent(batch.event, 50), LocalContext(timeout_seconds=60))
         finally:
             enricher.reset_runtime()
+        ended = time.time_ns()
     summary = result["summary"]
     assert summary["points"] > 1000 and summary["quarantined"] == 2, summary
-    yield influxdb1, db, batch
+    assert summary["pipeline_metrics"] == again["summary"]["pipeline_metrics"] == "written"
+    assert again["summary"]["resends"] > 0, again["summary"]
+    yield influxdb1, db, batch, (started - 60 * 10**9, ended + 60 * 10**9)
+
+
+def resent(event: dict[str, Any], count: int) -> dict[str, Any]:
+    """The first partition's first ``count`` records, each delivered twice (a producer's retry: same
+    value, a later offset)."""
+    key, records = next(iter(event["records"].items()))
+    first = records[:count]
+    last = max(r["offset"] for r in records)
+    copies = [{**r, "offset": last + 1 + i} for i, r in enumerate(first)]
+    return {**event, "records": {key: [*first, *copies]}}
 
 
 def run(server: Any, db: str, query: str) -> list[dict[str, Any]]:
@@ -170,6 +223,14 @@ def test_every_query_names_only_the_output_schema() -> None:
     assert len(queries) >= 20
     for query in queries:
         quoted = set(re.findall(r'"([^"]+)"', query))
+        if f'FROM "{PIPELINE}"' in query:  # the pipeline row: its own measurement, no app variables
+            assert quoted <= {PIPELINE} | PIPELINE_TAGS | PIPELINE_FIELDS | PIPELINE_ALIASES, (
+                query,
+                quoted - {PIPELINE} - PIPELINE_TAGS - PIPELINE_FIELDS - PIPELINE_ALIASES,
+            )
+            assert "$org" not in query and "$app" not in query and "$space" not in query, query
+            assert "$timeFilter" in query, query
+            continue
         assert quoted <= MEASUREMENTS | TAGS | FIELDS | ALIASES, (
             query,
             quoted - MEASUREMENTS - TAGS - FIELDS,
@@ -190,6 +251,11 @@ def test_the_dashboard_covers_requests_status_latency_logs_and_containers() -> N
         "CPU per instance",
         "Memory per instance",
         "Disk per instance",
+        "Records per second: in, written, dropped, quarantined",
+        "Batch lag by topic",
+        "Sink latency and retries",
+        "Misses, resends, identity collisions and failures",
+        "Snapshot age",
     ):
         assert wanted in titles
     variables = {v["name"]: v for v in doc["templating"]["list"]}
@@ -206,7 +272,7 @@ def test_the_dashboard_covers_requests_status_latency_logs_and_containers() -> N
 
 @pytest.mark.parametrize("which", ["all", "special app", "two apps in two orgs"])
 def test_the_variable_queries_chain_and_return_the_selected_values(influx, which: str) -> None:
-    server, db, batch = influx
+    server, db, batch, _ = influx
     selection = selections(batch)[which]
     queries = variable_queries(dashboard())
     found = {}
@@ -232,11 +298,12 @@ def test_the_variable_queries_chain_and_return_the_selected_values(influx, which
 
 @pytest.mark.parametrize("which", ["all", "special app", "two apps in two orgs"])
 def test_every_panel_query_parses_and_returns_data(influx, which: str) -> None:
-    server, db, batch = influx
+    server, db, batch, window = influx
     selection = selections(batch)[which]
     targets = panel_targets(dashboard())
     for title, target in targets:
-        query = interpolate(target["query"], selection)
+        pipeline = f'FROM "{PIPELINE}"' in target["query"]
+        query = interpolate(target["query"], selection, window if pipeline else (START_NS, END_NS))
         series = run(server, db, query)
         assert series, (title, query)
         values = [v for s in series for row in s["values"] for v in row[1:]]

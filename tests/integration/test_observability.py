@@ -26,6 +26,7 @@ from refinery.devtools.fake_cc import FakeCloudController
 from refinery.devtools.lambda_context import LocalContext
 from refinery.devtools.servers import free_port
 from refinery.observability import ENRICHER_METRICS, METRIC_FAMILIES, REFRESH_METRICS
+from refinery.quarantine import QuarantineError
 from refinery.sinks import FlushError
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def ops(monkeypatch: pytest.MonkeyPatch, s3_bucket: str, influxdb1: Any, influx_
     boto3.client("s3").put_object(Bucket=s3_bucket, Key=KEY, Body=batch.snapshot)
     with FakeCloudController(batch.foundation, client_id="refinery", client_secret=CC_SECRET) as cc:
         for name in list(os.environ):
-            if name.startswith(("INFLUX_", "CF_", "METADATA_", "QUARANTINE_", "LIVE_")):
+            if name.startswith(("INFLUX_", "CF_", "METADATA_", "QUARANTINE_", "LIVE_", "PIPELINE_")):
                 monkeypatch.delenv(name)
         monkeypatch.setenv("METADATA_BUCKET", s3_bucket)
         monkeypatch.setenv("INFLUX_URL", influxdb1.url)
@@ -255,6 +256,110 @@ def test_a_failed_batch_logs_the_error_its_cause_and_offsets_and_counts_a_failur
     _check_emf_shape(doc)
     assert _definitions(doc) == {"BatchFailures": "Count"}
     assert _value(doc, "BatchFailures") == 1
+
+
+def _pipeline_points(server: Any, db: str) -> list[dict[str, Any]]:
+    """Every ``refinery_batch`` point: time (ns), tags and fields by name."""
+    (result,) = server.query(db, 'SELECT * FROM "refinery_batch"', epoch="ns")["results"]
+    points = []
+    for series in result.get("series", []):
+        for row in series["values"]:
+            points.append(dict(zip(series["columns"], row, strict=True)))
+    return points
+
+
+def test_pipeline_metrics_write_one_point_per_batch_beside_unchanged_emf(
+    ops, printed, monkeypatch, influxdb1, influx_db
+) -> None:
+    """PIPELINE_METRICS=true: one refinery_batch point per invocation, at its start, with the summary's
+    counts and bounded tags only; the EMF documents are the same as without it."""
+    batch: MixedBatch = ops[0]
+    enricher.handler(batch.event, LocalContext(timeout_seconds=60))  # off (the default): no point
+    _, off_docs = printed()
+    assert _pipeline_points(influxdb1, influx_db) == []
+    monkeypatch.setenv("PIPELINE_METRICS", "true")
+    enricher.reset_runtime()
+    before = time.time_ns()
+    result = enricher.handler(batch.event, LocalContext(timeout_seconds=60, function_name="cf-enricher"))
+    after = time.time_ns()
+    logs, docs = printed()
+    summary = result["summary"]
+    assert summary["pipeline_metrics"] == "written"
+    (line,) = [r for r in logs if r["message"] == "batch done"]
+    assert line["summary"]["pipeline_metrics"] == "written"
+    (point,) = _pipeline_points(influxdb1, influx_db)
+    assert before <= point["time"] <= after
+    assert point["function"] == "cf-enricher" and point["topic"] == "cf-firehose"
+    expected = {name: summary[name] for name in ("records_in", "written", "points", "dropped", "quarantined")}
+    expected |= {name: summary[name] for name in ("resends", "identity_collisions", "sink_retries")}
+    expected |= {"redelivered": 0, "failures": 0, "partial_failures": 0}
+    expected |= {"enrichment_misses": summary["dropped_by_reason"]["unknown_app"]}
+    expected |= {"batch_lag_ms": summary["batch_lag_ms"]}
+    assert {k: point[k] for k in expected} == expected
+    assert (
+        point["sink_seconds"] == summary["sink_seconds"]
+        and point["snapshot_age_s"] == summary["snapshot_age_s"]
+    )
+    assert set(point) == {"time", "function", "topic", *expected, "sink_seconds", "snapshot_age_s"}
+    # InfluxDB's schema: integers stay integers, seconds are floats, and the only tags are the two
+    (fields,) = influxdb1.query(influx_db, 'SHOW FIELD KEYS FROM "refinery_batch"')["results"][0]["series"]
+    types = dict(fields["values"])
+    assert types.pop("sink_seconds") == types.pop("snapshot_age_s") == "float"
+    assert set(types.values()) == {"integer"}
+    (tags,) = influxdb1.query(influx_db, 'SHOW TAG KEYS FROM "refinery_batch"')["results"][0]["series"]
+    assert {row[0] for row in tags["values"]} == {"function", "topic"}
+    # the CloudWatch metrics do not change
+    (doc,) = without_cold_start(docs)
+    (off_doc,) = without_cold_start(off_docs)
+    assert _definitions(doc) == _definitions(off_doc)
+
+
+def test_a_pipeline_point_the_server_refuses_neither_fails_nor_repeats_the_batch(
+    ops, printed, monkeypatch, influxdb1, influx_db
+) -> None:
+    """The pipeline point is refused (a field type conflict planted in the database): the batch succeeds,
+    written by its one request, and the summary and a warning say the point was not written."""
+    batch: MixedBatch = ops[0]
+    planted = (
+        time.time_ns() - 10**9
+    )  # in the shard the invocation's point goes to (type conflicts are per shard)
+    influxdb1.write(influx_db, f'refinery_batch,topic=x written="text" {planted}')
+    monkeypatch.setenv("PIPELINE_METRICS", "true")
+    enricher.reset_runtime()
+    result = enricher.handler(batch.event, LocalContext(timeout_seconds=60))
+    logs, docs = printed()
+    summary = result["summary"]
+    assert result["batchItemFailures"] == [] and summary["quarantined"] == 2
+    assert summary["pipeline_metrics"].startswith("not written: POST "), summary["pipeline_metrics"]
+    assert "field type conflict" in summary["pipeline_metrics"]
+    assert summary["sink_requests"] == 1 and summary["sink_retries"] == 0  # the batch's request, once
+    (warning,) = [r for r in logs if r["level"] == "WARNING"]
+    assert warning["message"].startswith("pipeline metrics point not written (the batch is not affected)")
+    assert [p["time"] for p in _pipeline_points(influxdb1, influx_db)] == [planted]  # only the planted one
+    (result_,) = influxdb1.query(influx_db, 'SELECT count("count") FROM "http_request"')["results"]
+    assert result_["series"][0]["values"][0][1] > 0
+    (doc,) = without_cold_start(docs)
+    assert "BatchFailures" not in _definitions(doc)
+
+
+def test_a_failed_batch_writes_a_failure_point_and_still_fails(
+    ops, printed, monkeypatch, influxdb1, influx_db
+):
+    """The batch fails after its flush (its quarantine bucket does not exist): the mapping retries it,
+    and the pipeline point says failures=1 without counting its records (their retry counts them)."""
+    batch: MixedBatch = ops[0]
+    monkeypatch.setenv("PIPELINE_METRICS", "true")
+    monkeypatch.setenv("QUARANTINE_BUCKET", "no-such-bucket-for-refinery")
+    enricher.reset_runtime()
+    with pytest.raises(QuarantineError):
+        enricher.handler(batch.event, LocalContext(timeout_seconds=60))
+    logs, _ = printed()
+    assert [r["message"] for r in logs if r["level"] == "ERROR"] == [
+        "batch failed; the event source mapping will retry it"
+    ]
+    (point,) = _pipeline_points(influxdb1, influx_db)
+    assert point["failures"] == 1 and point["partial_failures"] == 0 and point["batch_lag_ms"] >= LAG_MS
+    assert point.get("records_in") is None and point.get("written") is None
 
 
 def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures(ops, printed) -> None:

@@ -326,6 +326,14 @@ SETTINGS: tuple[Setting, ...] = (
         "influx",
     ),
     Setting(
+        "PIPELINE_METRICS",
+        parse_bool,
+        "false",
+        "Also write the enricher's own per-batch metrics to InfluxDB, measurement `refinery_batch` "
+        "(tags `function`, `topic`; README: Operating it), one small request after each batch's flush.",
+        "influx",
+    ),
+    Setting(
         "MAX_RECORD_AGE_SECONDS",
         parse_duration,
         "0",
@@ -695,6 +703,7 @@ class Config:
     rules_key: str | None = None
     rules_check_interval: float = 60.0
     point_filter: PointFilter | None = None  # filters and extra tags; None: none configured
+    pipeline_metrics: bool = False  # the enricher's own refinery_batch points, to InfluxDB
 
 
 SecretResolver = Callable[[str, str, str], str]
@@ -864,6 +873,8 @@ def load_config(
             "METADATA_FILE: give METADATA_FILE (a local snapshot file) or METADATA_BUCKET (the snapshot in "
             "S3), not both (with a local file, QUARANTINE_BUCKET puts the quarantine in S3)"
         )
+    if role == "enricher" and values["PIPELINE_METRICS"] and not values["INFLUX_URL"]:
+        problems.append("PIPELINE_METRICS: requires INFLUX_URL (the points are written to InfluxDB)")
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -894,6 +905,7 @@ def load_config(
         rules_key=values["RULES_KEY"] if role == "enricher" else None,
         rules_check_interval=values["RULES_CHECK_INTERVAL"],
         point_filter=point_filter if role == "enricher" else None,
+        pipeline_metrics=bool(values["PIPELINE_METRICS"]) and role == "enricher",
     )
 
 

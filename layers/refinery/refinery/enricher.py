@@ -6,6 +6,7 @@ configuration, the metadata store (snapshot + per-app tag cache) and the sink's 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from .config import CloudControllerConfig, Config, load_config
 from .kafka_event import describe
 from .metadata.store import FileSnapshotSource, MetadataStore, S3SnapshotSource
 from .observability import (
+    SERVICE,
     batch_lag_ms,
     emit_batch_metrics,
     emit_failure_metric,
@@ -26,6 +28,7 @@ from .observability import (
     warn_if_tls_unverified,
 )
 from .pipeline import process_batch
+from .pipeline_metrics import batch_line, batch_topics, failure_line, write_line
 from .quarantine import Quarantine, QuarantineError
 from .sinks import Deadline, FlushError, Sink, build_sink
 from .tracing import trace_handler
@@ -140,6 +143,9 @@ def reset_runtime(new: Runtime | None = None) -> None:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Every line of this invocation carries the request id, cold_start and the batch's coordinates.
     logger.append_keys(partitions=partition_ranges(event) if isinstance(event, dict) else {})
+    started_ns = time.time_ns()  # the pipeline point's timestamp (PIPELINE_METRICS)
+    rt: Runtime | None = None
+    deadline: Deadline | None = None
     try:
         rt = runtime()
         info = describe(event)
@@ -160,6 +166,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
     except (FlushError, QuarantineError) as exc:
         emit_failure_metric(metrics, "BatchFailures")
+        _pipeline_failure(rt, deadline, event, context, started_ns)
         logger.error(
             "batch failed; the event source mapping will retry it",
             extra={**error_fields(exc), **_failed_batch(event)},
@@ -167,6 +174,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise
     except Exception as exc:
         emit_failure_metric(metrics, "BatchFailures")
+        _pipeline_failure(rt, deadline, event, context, started_ns)
         logger.exception("batch failed unexpectedly", extra={**error_fields(exc), **_failed_batch(event)})
         raise
     summary = result.summary()
@@ -179,6 +187,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     summary["batch_lag_ms"] = batch_lag_ms(event)
     # since the snapshot was last known current: written, or its content listed again by a refresh
     summary["snapshot_age_s"] = snapshot_age_s(rt.store.current_as_of())
+    if rt.config.pipeline_metrics:  # after the flush, its outcome known; never fails the batch
+        line = batch_line(summary, function=_function(context), topic=batch_topics(event), at_ns=started_ns)
+        summary["pipeline_metrics"] = write_line(rt.sink, line, deadline)
     if result.batch_item_failures:
         emit_failure_metric(metrics, "BatchPartialFailures")
         logger.error(
@@ -189,6 +200,28 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info("batch done", extra={"summary": summary})
     emit_batch_metrics(metrics, summary)
     return {"batchItemFailures": result.batch_item_failures, "summary": summary}
+
+
+def _function(context: Any) -> str:
+    return str(getattr(context, "function_name", "") or SERVICE)
+
+
+def _pipeline_failure(
+    rt: Runtime | None, deadline: Deadline | None, event: Any, context: Any, started_ns: int
+) -> None:
+    """The failed batch's pipeline point (PIPELINE_METRICS), best effort: the batch still fails."""
+    if rt is None or deadline is None or not rt.config.pipeline_metrics or not isinstance(event, dict):
+        return
+    try:
+        line = failure_line(
+            function=_function(context),
+            topic=batch_topics(event),
+            at_ns=started_ns,
+            batch_lag_ms=batch_lag_ms(event),
+        )
+        write_line(rt.sink, line, deadline)
+    except Exception:  # never mask the batch's own error
+        logger.warning("pipeline metrics point of the failed batch not written", exc_info=True)
 
 
 def _failed_batch(event: Any) -> dict[str, Any]:
