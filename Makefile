@@ -43,7 +43,7 @@ demo: setup
 
 # `make bench` prints the figures and exits 3 if a target is missed; `make bench-doc` also rewrites the
 # tracked docs/performance.md (commit it with the code it measured). Both build first: the cold-start
-# rows run the built functions in an emulation of Lambda (refinery/devtools/coldstart.py).
+# rows run the built functions in an emulation of Lambda (tools/refinery_tools/dev/coldstart.py).
 bench: servers setup build
 	$(BIN)/refinery bench
 

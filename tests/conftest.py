@@ -12,10 +12,10 @@ from typing import TypeVar
 
 import pytest
 
-from refinery.devtools.prometheus import PrometheusServer
-from refinery.devtools.servers import InfluxDB1Server, MotoS3Server, ServerUnavailable, VictoriaMetricsServer
-from refinery.devtools.tansu import TansuServer
-from refinery.devtools.unavailable import unavailable as skip_or_fail
+from refinery_tools.dev.prometheus import PrometheusServer
+from refinery_tools.dev.servers import InfluxDB1Server, MotoS3Server, ServerUnavailable, VictoriaMetricsServer
+from refinery_tools.dev.tansu import TansuServer
+from support.unavailable import unavailable as skip_or_fail
 
 S = TypeVar("S", InfluxDB1Server, VictoriaMetricsServer, MotoS3Server, PrometheusServer, TansuServer)
 

@@ -1,5 +1,5 @@
 """Enricher Lambda entry point. The logic lives in the `refinery` layer (layers/refinery)."""
 
-from refinery.enricher import handler
+from refinery.handlers.enricher import handler
 
 __all__ = ["handler"]

@@ -8,8 +8,8 @@ from typing import Any
 
 import boto3
 
-from refinery.devtools.worked_example import APPS
 from refinery.metadata.snapshot import encode_snapshot
+from refinery_tools.dev.worked_example import APPS
 
 METADATA_KEY = "metadata/apps.json.gz"
 

@@ -22,14 +22,14 @@ CHILD = """
 import json, logging, os, sys
 if os.environ.get("CHILD_ROOT_LEVEL"):
     logging.basicConfig(level=os.environ["CHILD_ROOT_LEVEL"], stream=sys.stderr)
-from refinery.devtools.lambda_context import LocalContext
+from refinery_tools.lambda_context import LocalContext
 which, path = sys.argv[1], sys.argv[2]
 with open(path) as handle:
     event = json.load(handle)
 if which == "enricher":
-    from refinery.enricher import handler
+    from refinery.handlers.enricher import handler
 else:
-    from refinery.refresher import handler
+    from refinery.handlers.metadata_refresh import handler
 for name in filter(None, os.environ.get("CHILD_UNPROTECT", "").split(",")):
     logging.getLogger(name).setLevel(logging.NOTSET)
 timeout = float(os.environ.get("CHILD_TIMEOUT", "20"))

@@ -11,9 +11,9 @@ from typing import Any
 import boto3
 import pytest
 
-from refinery import enricher
-from refinery.devtools.lambda_context import LocalContext
-from refinery.devtools.samples import sample_snapshot
+from refinery.handlers import enricher
+from refinery_tools.dev.samples import sample_snapshot
+from refinery_tools.lambda_context import LocalContext
 
 ROOT = Path(__file__).resolve().parents[2]
 METADATA_KEY = "metadata/apps.json.gz"

@@ -36,15 +36,15 @@ import boto3
 import orjson
 import pytest
 
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.samples import sample_envelopes
-from refinery.devtools.servers import InfluxDB1Server
 from refinery.identity import DEFAULT_DIGITS, stamp_line
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
 from refinery.metadata.store import MetadataStore, SnapshotSource
 from refinery.pipeline import Transformed, transform_batch
 from refinery.quarantine import decode_records
 from refinery.transform import Dropped, convert
+from refinery_tools.dev.samples import sample_envelopes
+from refinery_tools.dev.servers import InfluxDB1Server
+from support.faultproxy import FaultProxy
 
 MEASUREMENTS = ("http_request", "log", "instance")
 #: 2018-09-21 (the samples' week) and 2017-07-14: InfluxDB 1.x keeps field types per shard, and the

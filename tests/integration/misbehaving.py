@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from refinery.devtools.servers import free_port
+from refinery_tools.dev.servers import free_port
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
 

@@ -48,14 +48,14 @@ from faults import (
     uuid_pair,
 )
 
-from refinery.devtools.events import SAMPLE_BOOTSTRAP, SAMPLE_CLUSTER_ARN
-from refinery.devtools.faultproxy import FaultProxy
 from refinery.lineparse import ParsedLine, parse_line, series_end
 from refinery.metadata.snapshot import AppInfo
 from refinery.metadata.store import MetadataStore
 from refinery.pipeline import transform_batch
 from refinery.quarantine import QuarantineError
 from refinery.sinks import FlushError
+from refinery_tools.events import SAMPLE_BOOTSTRAP, SAMPLE_CLUSTER_ARN
+from support.faultproxy import FaultProxy
 
 TOPIC = "cf-firehose"
 #: Kafka timestamps of the "old" head of each partition: this much before ``now`` (beyond a one-hour

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from refinery import __version__
-from refinery.devtools.servers import free_port
+from refinery_tools.dev.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = str(ROOT / "events" / "sample-snapshot.json.gz")
@@ -23,7 +23,7 @@ def refinery(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "refinery.cli", *args],
+        [sys.executable, "-m", "refinery_tools.cli", *args],
         capture_output=True,
         text=True,
         env={**CLEAN, **(env or {})},
@@ -208,7 +208,7 @@ def test_consume_into_a_missing_database_says_once_how_to_create_it(influxdb1, t
     producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
     producer.send(
         topic,
-        value=(ROOT / "layers/refinery/refinery/data/nozzle-envelopes.jsonl").read_bytes().split(b"\n")[0],
+        value=(ROOT / "tools/refinery_tools/data/nozzle-envelopes.jsonl").read_bytes().split(b"\n")[0],
     )
     producer.flush()
     producer.close()

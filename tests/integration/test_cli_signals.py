@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery.devtools.tansu import TansuServer
+from refinery_tools.dev.tansu import TansuServer
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ CLEAN = {
 def run_until(args: list[str], ready: str, sig: int, tmp_path: Path) -> tuple[int, str]:
     """Start ``refinery ARGS``, send ``sig`` once stderr shows ``ready``; (exit code, stderr)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "refinery.cli", *args],
+        [sys.executable, "-m", "refinery_tools.cli", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

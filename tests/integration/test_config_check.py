@@ -16,9 +16,9 @@ from typing import Any
 import boto3
 import pytest
 
-from refinery.devtools.fake_cc import FakeCloudController, Foundation
-from refinery.devtools.samples import sample_snapshot
-from refinery.devtools.servers import free_port
+from refinery_tools.dev.fake_cc import FakeCloudController, Foundation
+from refinery_tools.dev.samples import sample_snapshot
+from refinery_tools.dev.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ CLEAN = {
 
 def check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", "refinery.cli", "config", "--check", *args],
+        [sys.executable, "-m", "refinery_tools.cli", "config", "--check", *args],
         capture_output=True,
         text=True,
         env={**CLEAN, **env},

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from refinery.devtools.demo import MISSING_APP, NEW_APP
-from refinery.devtools.samples import SAMPLE_APP
+from refinery_tools.dev.demo import MISSING_APP, NEW_APP
+from refinery_tools.dev.samples import SAMPLE_APP
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
@@ -26,7 +26,7 @@ ENV = {
 
 def demo(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "refinery.cli", "demo", *args],
+        [sys.executable, "-m", "refinery_tools.cli", "demo", *args],
         capture_output=True,
         text=True,
         env=ENV,

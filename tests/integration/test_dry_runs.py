@@ -24,8 +24,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
-from refinery.devtools.samples import sample_envelopes, sample_snapshot
-from refinery.devtools.tansu import TansuServer
+from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
+from refinery_tools.dev.tansu import TansuServer
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ CLEAN = {
 
 def refinery(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "refinery.cli", *args],
+        [sys.executable, "-m", "refinery_tools.cli", *args],
         capture_output=True,
         text=True,
         env={**CLEAN, **env},
@@ -159,7 +159,7 @@ def test_consume_dry_run_commits_nothing_and_writes_nothing(
 
 
 def test_replay_dry_run_moves_deletes_and_writes_nothing(tmp_path: Path) -> None:
-    from refinery.devtools.events import build_kafka_event
+    from refinery_tools.events import build_kafka_event
 
     quarantine = tmp_path / "quarantine" / "2018" / "09" / "21"
     quarantine.mkdir(parents=True)

@@ -7,12 +7,12 @@ import time
 import boto3
 import pytest
 
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
 from refinery.identity import DEFAULT_DIGITS, point_time
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
 from refinery.sinks import FlushError
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
+from refinery_tools.events import build_kafka_event
+from support.faultproxy import FaultProxy
 
 ENRICHMENT = {
     "app": "myapp",
@@ -200,7 +200,7 @@ def test_v2_api_through_influxdb_client_into_victoriametrics(
 def test_a_server_that_is_down_fails_the_batch_after_bounded_retries(
     monkeypatch, snapshot_bucket, invoke, msk_event
 ):
-    from refinery.devtools.servers import free_port
+    from refinery_tools.dev.servers import free_port
 
     monkeypatch.setenv("INFLUX_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("INFLUX_DATABASE", "cf")

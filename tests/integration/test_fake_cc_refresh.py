@@ -14,7 +14,6 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from refinery.devtools.fake_cc import FakeCloudController, Foundation, _paginate, _Reply
 from refinery.metadata.cc_client import (
     CloudControllerAuthError,
     CloudControllerClient,
@@ -24,6 +23,7 @@ from refinery.metadata.refresh import RefreshResult, SnapshotRefused, refresh_sn
 from refinery.metadata.snapshot import CHECKED_AT_TAG, decode_snapshot, encode_snapshot
 from refinery.metadata.store import MetadataStore, S3SnapshotSource
 from refinery.observability import snapshot_age_s
+from refinery_tools.dev.fake_cc import FakeCloudController, Foundation, _paginate, _Reply
 
 pytestmark = pytest.mark.integration
 
@@ -484,8 +484,8 @@ def test_when_tagging_is_refused_an_unchanged_snapshot_is_written_again(
 def test_the_refresh_handler_reports_an_unchanged_snapshot(
     cc: FakeCloudController, s3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from refinery import refresher
-    from refinery.devtools.lambda_context import LocalContext
+    from refinery.handlers import metadata_refresh
+    from refinery_tools.lambda_context import LocalContext
 
     for name, value in {
         "METADATA_BUCKET": s3_bucket,
@@ -494,8 +494,8 @@ def test_the_refresh_handler_reports_an_unchanged_snapshot(
         "CF_CLIENT_SECRET": SECRET,
     }.items():
         monkeypatch.setenv(name, value)
-    first = refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
-    second = refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+    first = metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+    second = metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
     assert first["written"] is True and second["written"] is False
     assert second["checked_at"] >= first["checked_at"] and second["apps"] == first["apps"] == 120
     assert _checked_at(s3, s3_bucket) == second["checked_at"]

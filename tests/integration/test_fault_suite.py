@@ -55,17 +55,17 @@ from faults import (
     wait_until,
 )
 
-from refinery import enricher, refresher
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.fake_cc import FakeCloudController, Foundation
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.lambda_context import LocalContext
-from refinery.devtools.servers import InfluxDB1Server
+from refinery.handlers import enricher, metadata_refresh
 from refinery.metadata.cc_client import CloudControllerAuthError, CloudControllerUnavailable
 from refinery.metadata.snapshot import AppInfo, decode_snapshot
 from refinery.quarantine import QuarantineError
-from refinery.replay import replay
 from refinery.sinks import FlushError
+from refinery_tools.dev.fake_cc import FakeCloudController, Foundation
+from refinery_tools.dev.servers import InfluxDB1Server
+from refinery_tools.events import build_kafka_event
+from refinery_tools.lambda_context import LocalContext
+from refinery_tools.replay import replay
+from support.faultproxy import FaultProxy
 
 pytestmark = [
     pytest.mark.integration,
@@ -772,7 +772,7 @@ def test_refresh_under_cc_faults_retries_or_keeps_the_old_snapshot(cc_stack, fau
         cc.clients = {"refinery": "rotated"}
     started = time.monotonic()
     if error is None:
-        summary = refresher.handler({}, LocalContext(timeout_seconds=8))
+        summary = metadata_refresh.handler({}, LocalContext(timeout_seconds=8))
         assert summary["apps"] == 6 and summary["replaced"] is True
         after = decode_snapshot(s.s3.get_object(Bucket=s.bucket, Key=KEY)["Body"].read())
         assert dict(after.apps) == cc.foundation.app_infos()
@@ -782,7 +782,7 @@ def test_refresh_under_cc_faults_retries_or_keeps_the_old_snapshot(cc_stack, fau
             assert cc.count("/v3/apps") == 3  # two 503 answers, then the page
     else:
         with pytest.raises(error):
-            refresher.handler({}, LocalContext(timeout_seconds=6.5))  # 1.5 s after the 5 s reserve
+            metadata_refresh.handler({}, LocalContext(timeout_seconds=6.5))  # 1.5 s after the 5 s reserve
         assert time.monotonic() - started < 3.0
         assert s.s3.get_object(Bucket=s.bucket, Key=KEY)["Body"].read() == before
 
@@ -898,7 +898,7 @@ def test_the_refresh_replaces_a_corrupt_snapshot(cc_stack):
     snapshot it is meant to repair."""
     s, cc = cc_stack.stack, cc_stack.cc
     s.put_snapshot(bit_flipped(SNAPSHOT))
-    summary = refresher.handler({}, LocalContext(timeout_seconds=8))
+    summary = metadata_refresh.handler({}, LocalContext(timeout_seconds=8))
     assert summary["apps"] == 6
     after = decode_snapshot(s.s3.get_object(Bucket=s.bucket, Key=KEY)["Body"].read())
     assert dict(after.apps) == cc.foundation.app_infos()

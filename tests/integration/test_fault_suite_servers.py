@@ -46,12 +46,12 @@ from faults import (
 from misbehaving import Answer, Request, ScriptedProxy
 
 from refinery.config import ConfigError
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.servers import InfluxDB1Server, VictoriaMetricsServer, free_port
 from refinery.metadata.snapshot import MAX_SNAPSHOT_BYTES
 from refinery.quarantine import QuarantineError
 from refinery.sinks import FlushError
+from refinery_tools.dev.servers import InfluxDB1Server, VictoriaMetricsServer, free_port
+from refinery_tools.events import build_kafka_event
+from support.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
@@ -500,7 +500,7 @@ def test_a_local_invoke_says_each_retry_on_stderr(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "refinery.cli",
+            "refinery_tools.cli",
             "invoke",
             "enricher",
             "--event",

@@ -26,11 +26,11 @@ import boto3
 import pytest
 from mixed_batch import BASE_NS, CC_SECRET, SPECIAL_NAME, MixedBatch, mixed_batch
 
-from refinery import enricher
-from refinery.devtools.fake_cc import FakeCloudController
-from refinery.devtools.lambda_context import LocalContext
+from refinery.handlers import enricher
 from refinery.pipeline_metrics import COUNTS
 from refinery.pipeline_metrics import MEASUREMENT as PIPELINE
+from refinery_tools.dev.fake_cc import FakeCloudController
+from refinery_tools.lambda_context import LocalContext
 
 pytestmark = pytest.mark.integration
 

@@ -40,8 +40,8 @@ from faults import (
     twin_apart,
 )
 
-from refinery.devtools.servers import InfluxDB1Server
-from refinery.devtools.tansu import TansuServer
+from refinery_tools.dev.servers import InfluxDB1Server
+from refinery_tools.dev.tansu import TansuServer
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ CLEAN = {
 
 
 def refinery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "refinery.cli", *args]
+    return [sys.executable, "-m", "refinery_tools.cli", *args]
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -114,7 +114,7 @@ def with_hazards(
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The envelopes every scenario produces (``--file``), their snapshot and expected points."""
-    from refinery.localkafka.synthetic import SyntheticTraffic
+    from refinery_tools.localkafka.synthetic import SyntheticTraffic
 
     folder = tmp_path_factory.mktemp("kafka-e2e")
     sent, snapshot, event = folder / "sent.jsonl", folder / "snapshot.json.gz", folder / "event.json"

@@ -3,7 +3,7 @@
 The build (``.aws-sam/build``, which `make test` makes before pytest) must hold: bytecode for CPython
 3.12 that the runtime uses on a read-only ``/opt`` whatever the files' dates (hash-based ``.pyc``), no
 AWS SDK (the runtime's is used), no development tooling, the compiled fast path. Then the packaged
-functions run in the emulation of the python3.12 runtime (:mod:`refinery.devtools.coldstart`: SAM's
+functions run in the emulation of the python3.12 runtime (:mod:`refinery_tools.dev.coldstart`: SAM's
 zips unpacked into read-only ``/var/task`` and ``/opt``, Lambda's ``sys.path`` and environment, user
 ``nobody``, a memory and CPU cgroup, the real runtime client) against moto, InfluxDB 1.x and the fake
 Cloud Controller: nothing else is importable there, so they run from the built layers or not at all.
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from refinery.devtools import coldstart
-from refinery.devtools.unavailable import unavailable
+from refinery_tools.dev import coldstart
+from support.unavailable import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ BUILD = ROOT / ".aws-sam" / "build"
 LAYERS = ("RefineryLayer", "DependenciesLayer")
 MAGIC_312 = (3531).to_bytes(2, "little") + b"\r\n"  # importlib.util.MAGIC_NUMBER of CPython 3.12
 RUNTIME_SDK = ("boto3", "botocore", "s3transfer")
-DEV_ONLY = ("devtools", "localkafka", "cli.py", "data")
+TOOLING = ("refinery_tools", "support", "devtools", "localkafka", "cli.py", "data")
 LAMBDA_SYS_PATH = [
     "/var/task",
     "/opt/python/lib/python3.12/site-packages",
@@ -80,7 +80,7 @@ def test_the_layers_ship_neither_the_aws_sdk_nor_development_tooling_and_do_ship
     ]
     assert {"aws_xray_sdk", "aws_lambda_powertools", "requests", "urllib3"} <= shipped
     package = build / "RefineryLayer" / "python" / "refinery"
-    assert [name for name in DEV_ONLY if (package / name).exists()] == []
+    assert [name for name in TOOLING if (package / name).exists() or (package.parent / name).exists()] == []
     assert (package / "_record_fastpath.cpython-312-x86_64-linux-gnu.so").is_file()
 
 
@@ -88,7 +88,7 @@ PROBE = """\
 import os, sys
 
 def handler(event, context):
-    import refinery.enricher, refinery.refresher, refinery.speedups, botocore
+    import refinery.handlers.enricher, refinery.handlers.metadata_refresh, refinery.speedups, botocore
     return {
         "sys_path": sys.path,
         "uid": os.getuid(),
@@ -145,7 +145,9 @@ def test_both_handlers_import_from_the_layers_with_only_what_lambda_puts_on_sys_
     assert outside == []
     assert seen["botocore"].startswith("/var/lang/lib/python3.12/site-packages/")  # the runtime's
     assert not [
-        name for name in seen["refinery"] if name.startswith(("refinery.devtools", "refinery.localkafka"))
+        name
+        for name in seen["refinery"]
+        if name.startswith(("refinery.devtools", "refinery_tools.localkafka"))
     ]
     assert seen["fast_path"] == "compiled"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery.devtools.unavailable import unavailable
+from support.unavailable import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_SUFFIX = ".cpython-312-x86_64-linux-gnu.so"
@@ -71,7 +71,10 @@ def test_the_layer_holds_the_package_and_one_extension_for_the_runtime(built_lay
     python_dir, _ = built_layer
     package = python_dir / "refinery"
     assert (package / "pipeline.py").is_file()
-    assert not [name for name in ("devtools", "localkafka", "cli.py", "data") if (package / name).exists()]
+    # exactly the runtime package's modules: the tooling (tools/refinery_tools) and test helpers stay out
+    source = ROOT / "layers/refinery/refinery"
+    shipped = sorted(str(p.relative_to(package)) for p in package.rglob("*.py"))
+    assert shipped == sorted(str(p.relative_to(source)) for p in source.rglob("*.py"))
     extensions = sorted(p.name for p in package.rglob("*.so"))
     assert extensions == [f"_record_fastpath{RUNTIME_SUFFIX}"]
     leftovers = [p for p in package.rglob("*") if p.suffix in (".c", ".pyx")]
@@ -127,7 +130,7 @@ def test_the_runtime_build_gives_the_pure_python_lines_under_python_312(
     dependencies = ROOT / ".aws-sam/build/DependenciesLayer/python"
     if not (dependencies / "orjson").is_dir():
         unavailable(f"the dependencies built for Python 3.12 are not in {dependencies} (run `make build`)")
-    from refinery.devtools import bench
+    from refinery_tools.dev import bench
 
     work = bench.build_workload(3000, 300, 100)
     files = python_dir.parent / "workload"

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from refinery import cli
-from refinery.devtools.tansu import TansuServer
 from refinery.kafka_event import describe
-from refinery.localkafka.connect import KafkaUnavailable
-from refinery.localkafka.event import MAX_EVENT_BYTES
-from refinery.localkafka.mapping import EventSourceMapping, MappingError, MappingOptions
+from refinery_tools import cli
+from refinery_tools.dev.tansu import TansuServer
+from refinery_tools.localkafka.connect import KafkaUnavailable
+from refinery_tools.localkafka.event import MAX_EVENT_BYTES
+from refinery_tools.localkafka.mapping import EventSourceMapping, MappingError, MappingOptions
 
 pytestmark = pytest.mark.integration
 
@@ -278,8 +278,8 @@ def test_produce_publishes_like_the_nozzle(tansu: TansuServer, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "produced 250 records" in err and "(created), 4 partition(s)" in err
     sent = saved.read_bytes().splitlines()
-    from refinery.localkafka.synthetic import SyntheticTraffic
     from refinery.metadata.snapshot import decode_snapshot
+    from refinery_tools.localkafka.synthetic import SyntheticTraffic
 
     assert sent == [v for _, v in SyntheticTraffic(2, 2, 5, seed=3).envelopes(250)]
     assert len(decode_snapshot(snapshot.read_bytes()).apps) == 20

@@ -13,14 +13,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from refinery import enricher, refresher
 from refinery.config import load_config
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.fake_cc import FakeCloudController, Foundation
-from refinery.devtools.lambda_context import LocalContext
+from refinery.handlers import enricher, metadata_refresh
 from refinery.metadata.snapshot import decode_snapshot
 from refinery.quarantine import decode_records
 from refinery.sinks import PrintSink
+from refinery_tools.dev.fake_cc import FakeCloudController, Foundation
+from refinery_tools.events import build_kafka_event
+from refinery_tools.lambda_context import LocalContext
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "metadata/apps.json.gz"
@@ -55,7 +55,7 @@ def cf_env(monkeypatch, fake_cc, s3_bucket):
 
 
 def refresh(event: dict | None = None) -> dict:
-    return refresher.handler(event or {}, LocalContext(timeout_seconds=60))
+    return metadata_refresh.handler(event or {}, LocalContext(timeout_seconds=60))
 
 
 class Enricher:
@@ -99,7 +99,7 @@ def test_refresh_command_line(cf_env, fake_cc):
         [
             sys.executable,
             "-m",
-            "refinery.cli",
+            "refinery_tools.cli",
             "invoke",
             "refresh",
             "--event",
@@ -116,7 +116,7 @@ def test_refresh_command_line(cf_env, fake_cc):
 
 
 def test_a_failed_page_leaves_the_previous_snapshot_untouched(cf_env, fake_cc):
-    from refinery.devtools.fake_cc import Foundation as F
+    from refinery_tools.dev.fake_cc import Foundation as F
 
     refresh()
     before = boto3.client("s3").get_object(Bucket=cf_env, Key=KEY)["Body"].read()

@@ -21,13 +21,13 @@ import boto3
 import pytest
 from mixed_batch import CC_SECRET, LAG_MS, SNAPSHOT_AGE_S, MixedBatch, mixed_batch
 
-from refinery import enricher, refresher
-from refinery.devtools.fake_cc import FakeCloudController
-from refinery.devtools.lambda_context import LocalContext
-from refinery.devtools.servers import free_port
+from refinery.handlers import enricher, metadata_refresh
 from refinery.observability import ENRICHER_METRICS, METRIC_FAMILIES, REFRESH_METRICS
 from refinery.quarantine import QuarantineError
 from refinery.sinks import FlushError
+from refinery_tools.dev.fake_cc import FakeCloudController
+from refinery_tools.dev.servers import free_port
+from refinery_tools.lambda_context import LocalContext
 
 pytestmark = pytest.mark.integration
 
@@ -364,7 +364,7 @@ def test_a_failed_batch_writes_a_failure_point_and_still_fails(
 
 def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures(ops, printed) -> None:
     batch, cc = ops
-    summary = refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
+    summary = metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
     logs, docs = printed()
     (line,) = [r for r in logs if r["message"] == "metadata refresh done"]
     assert line["summary"]["apps"] == len(batch.foundation.apps) == summary["apps"]
@@ -380,7 +380,7 @@ def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures
 
     cc.clients["refinery"] = "another-secret"  # UAA now refuses the client
     with pytest.raises(Exception, match="UAA rejected"):
-        refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
+        metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
     logs, docs = printed()
     (line,) = [r for r in logs if r["level"] == "ERROR"]
     assert line["message"] == "metadata refresh failed; the previous snapshot is unchanged"
@@ -394,7 +394,7 @@ def test_the_refresh_function_emits_apps_spaces_orgs_pages_duration_and_failures
 def test_a_configuration_error_of_the_refresh_counts_as_a_failure(ops, printed, monkeypatch) -> None:
     monkeypatch.delenv("CF_CLIENT_ID")
     with pytest.raises(Exception, match="CF_CLIENT_ID"):
-        refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
+        metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=60))
     logs, docs = printed()
     (line,) = [r for r in logs if r["level"] == "ERROR"]
     assert "CF_CLIENT_ID: required" in line["error"]
@@ -418,7 +418,7 @@ def test_the_log_level_and_namespace_come_from_the_powertools_settings(
         [
             sys.executable,
             "-m",
-            "refinery.cli",
+            "refinery_tools.cli",
             "invoke",
             "enricher",
             "--event",

@@ -63,15 +63,15 @@ from faults import (
     uuid_pair,
 )
 
-from refinery import enricher
 from refinery.config import load_config
-from refinery.devtools.collecting_sink import CollectingSink
-from refinery.devtools.events import SAMPLE_BOOTSTRAP, SAMPLE_CLUSTER_ARN, build_kafka_event
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes, sample_snapshot
-from refinery.devtools.servers import InfluxDB1Server
-from refinery.replay import replay
+from refinery.handlers import enricher
 from refinery.sinks import FlushError
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes, sample_snapshot
+from refinery_tools.dev.servers import InfluxDB1Server
+from refinery_tools.events import SAMPLE_BOOTSTRAP, SAMPLE_CLUSTER_ARN, build_kafka_event
+from refinery_tools.replay import replay
+from support.collecting_sink import CollectingSink
+from support.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
@@ -277,7 +277,7 @@ def test_a_nozzle_resend_inside_one_batch_is_written_once(stack: Stack, invoke: 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "refinery.cli", *args],
+        [sys.executable, "-m", "refinery_tools.cli", *args],
         capture_output=True,
         text=True,
         env={**CLEAN_ENV, **(env or {})},
@@ -463,7 +463,7 @@ def test_a_too_old_record_replayed_later_does_not_overwrite_its_partner(stack: S
     assert_each_record_once(stored_points(stack.influx, stack.db), [b], oracle())
     for _ in range(2):  # later, the operator replays the quarantine (twice: nothing doubles)
         done = subprocess.run(
-            [sys.executable, "-m", "refinery.cli", "replay", f"s3://{stack.bucket}/quarantine/"],
+            [sys.executable, "-m", "refinery_tools.cli", "replay", f"s3://{stack.bucket}/quarantine/"],
             capture_output=True,
             text=True,
             env=dict(os.environ),

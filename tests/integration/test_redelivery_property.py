@@ -51,11 +51,11 @@ from redelivery import (
     make_stream,
 )
 
-from refinery import enricher
 from refinery.config import SETTINGS
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.servers import InfluxDB1Server
-from refinery.replay import ReplayReport, replay
+from refinery.handlers import enricher
+from refinery_tools.dev.servers import InfluxDB1Server
+from refinery_tools.replay import ReplayReport, replay
+from support.faultproxy import FaultProxy
 
 pytestmark = [
     pytest.mark.integration,

@@ -21,13 +21,13 @@ import boto3
 import pytest
 from cfworld import kafka_event, put_snapshot
 
-from refinery import enricher
-from refinery.devtools.envelopes import container_envelope, http_envelope, log_envelope
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.servers import VictoriaMetricsServer, free_port
-from refinery.devtools.worked_example import API_EU, MS, WORKER_AP, WORKER_EU, WORKER_US, S
+from refinery.handlers import enricher
 from refinery.quarantine import decode_records
 from refinery.sinks import FlushError
+from refinery_tools.dev.envelopes import container_envelope, http_envelope, log_envelope
+from refinery_tools.dev.servers import VictoriaMetricsServer, free_port
+from refinery_tools.dev.worked_example import API_EU, MS, WORKER_AP, WORKER_EU, WORKER_US, S
+from support.faultproxy import FaultProxy
 
 RULES = """
 rules:

@@ -31,7 +31,7 @@ CLEAN = {
 
 def refinery(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "refinery.cli", *args],
+        [sys.executable, "-m", "refinery_tools.cli", *args],
         capture_output=True,
         text=True,
         env={**CLEAN, **env},

@@ -14,17 +14,17 @@ import boto3
 import pytest
 from cfworld import kafka_event, put_snapshot
 
-from refinery import enricher
-from refinery.devtools.envelopes import http_envelope
-from refinery.devtools.worked_example import (
+from refinery.handlers import enricher
+from refinery.identity import fingerprint
+from refinery.rules.loader import RulesError
+from refinery_tools.dev.envelopes import http_envelope
+from refinery_tools.dev.worked_example import (
     RULES,
     T0,
     WORKER_EU,
     S,
     worked_example,
 )
-from refinery.identity import fingerprint
-from refinery.rules.loader import RulesError
 
 
 @pytest.fixture

@@ -42,15 +42,15 @@ import requests
 from faults import accounted
 from redelivery import Mapping, ProxyFlushFaults, Stream, StreamRecord, make_stream
 
-from refinery import enricher
 from refinery.config import SETTINGS
-from refinery.devtools.faultproxy import FaultProxy
-from refinery.devtools.prometheus import _CONFIG, PrometheusServer
-from refinery.devtools.servers import InfluxDB1Server, VictoriaMetricsServer
+from refinery.handlers import enricher
 from refinery.lineparse import parse_line
 from refinery.quarantine import decode_records
-from refinery.replay import replay
 from refinery.sinks.prometheus_rw import metric_name, point_labels
+from refinery_tools.dev.prometheus import _CONFIG, PrometheusServer
+from refinery_tools.dev.servers import InfluxDB1Server, VictoriaMetricsServer
+from refinery_tools.replay import replay
+from support.faultproxy import FaultProxy
 
 pytestmark = [
     pytest.mark.integration,

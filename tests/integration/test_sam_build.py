@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery.devtools.unavailable import unavailable
+from support.unavailable import unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -29,9 +29,9 @@ import requests
 from child_runner import run_handler
 from mixed_batch import mixed_batch
 
-from refinery.devtools.fake_cc import FakeCloudController
-from refinery.devtools.servers import InfluxDB1Server, ServerUnavailable, free_port
-from refinery.devtools.unavailable import unavailable
+from refinery_tools.dev.fake_cc import FakeCloudController
+from refinery_tools.dev.servers import InfluxDB1Server, ServerUnavailable, free_port
+from support.unavailable import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -454,7 +454,7 @@ def test_refinery_config_shows_url_settings_redacted(
             "CF_API_URL": world.cc_good.replace("http://", f"refinery:{SENTINEL}@"),
         }
     done = subprocess.run(
-        [sys.executable, "-m", "refinery.cli", *command],
+        [sys.executable, "-m", "refinery_tools.cli", *command],
         env=child_env(env),
         cwd=tmp_path,
         capture_output=True,

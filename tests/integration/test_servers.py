@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from refinery.devtools.servers import InfluxDB1Server, MotoS3Server, VictoriaMetricsServer
+from refinery_tools.dev.servers import InfluxDB1Server, MotoS3Server, VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration
 

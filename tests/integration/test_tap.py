@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
-from refinery.devtools.demo import MISSING_APP, NEW_APP, demo_envelopes
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.fake_cc import FakeCloudController
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
-from refinery.devtools.tansu import TansuServer
+from refinery_tools.dev.demo import MISSING_APP, NEW_APP, demo_envelopes
+from refinery_tools.dev.fake_cc import FakeCloudController
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
+from refinery_tools.dev.tansu import TansuServer
+from refinery_tools.events import build_kafka_event
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ CLEAN = {
 
 def refinery(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "refinery.cli", *args],
+        [sys.executable, "-m", "refinery_tools.cli", *args],
         capture_output=True,
         text=True,
         env={**CLEAN, **env},
@@ -47,7 +47,7 @@ def refinery(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess
 def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The demo's nine records in an event file; a Cloud Controller that knows the app created after
     the sample snapshot (live lookups), and not the missing one."""
-    from refinery.devtools.demo import sample_foundation
+    from refinery_tools.dev.demo import sample_foundation
 
     foundation = sample_foundation()
     foundation.add_app(NEW_APP[0], SAMPLE_APP.space_guid, guid=NEW_APP[1])

@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mixed_batch import CC_SECRET, mixed_batch
 
-from refinery import enricher, refresher
-from refinery.devtools.fake_cc import FakeCloudController
-from refinery.devtools.lambda_context import LocalContext
+from refinery.handlers import enricher, metadata_refresh
 from refinery.observability import reset_tls_warnings
 from refinery.sinks import FlushError
+from refinery_tools.dev.fake_cc import FakeCloudController
+from refinery_tools.lambda_context import LocalContext
 
 pytestmark = pytest.mark.integration
 
@@ -236,7 +236,7 @@ def test_verification_is_on_by_default(tls) -> None:
     with pytest.raises(FlushError, match="SSLError"):
         enricher.handler(tls["batch"].event, LocalContext(timeout_seconds=3))
     with pytest.raises(Exception, match="TLS error"):
-        refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+        metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
     assert tls["influx_relay"].handshake_failures >= 1 and tls["cc_relay"].handshake_failures >= 1
     assert _tls_warnings(tls["log"]) == []
 
@@ -250,8 +250,8 @@ def test_disabling_verification_works_and_is_warned_about_once_per_setting(tls, 
     )
     assert first["points"] == second["points"] > 0
     assert first["metadata"]["live"] > 0  # the Cloud Controller was reached over TLS too
-    refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
-    refresher.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+    metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
+    metadata_refresh.handler({}, LocalContext(function_name="refresh", timeout_seconds=30))
     assert sorted(_tls_warnings(tls["log"])) == ["CF_VERIFY_TLS", "INFLUX_VERIFY_TLS"]
     (influx,) = [r for r in _records(tls["log"]) if r.get("setting") == "INFLUX_VERIFY_TLS"]
     assert "INFLUX_VERIFY_TLS=false" in influx["message"] and tls["influx_relay"].url in influx["message"]
@@ -349,7 +349,7 @@ def _enrich_and_refresh(env: dict[str, Any], influxdb1: Any, victoriametrics: An
     count = influxdb1.query(env["influx_db"], "SELECT count(*) FROM http_request")
     assert count["results"][0]["series"][0]["values"][0][1] > 0
     assert victoriametrics.export(f'{{run="{env["run"]}"}}', min_samples=1)
-    result = refresher.handler({}, _refresh_context())
+    result = metadata_refresh.handler({}, _refresh_context())
     assert result["apps"] == len(env["batch"].foundation.apps)
     assert all(relay.handshake_failures == 0 for relay in env["relays"].values())
     assert _tls_warnings(env["log"]) == []
@@ -360,12 +360,12 @@ def test_a_private_ca_bundle_file_verifies_influxdb_remote_write_the_cloud_contr
 ) -> None:
     env = private_ca_tls
     with pytest.raises(Exception, match="TLS error"):  # the default trust store does not know the CA
-        refresher.handler({}, _refresh_context())
+        metadata_refresh.handler({}, _refresh_context())
     _wait_for_handshake_failures(env["relays"]["cc"], 1)
 
     monkeypatch.setenv("CF_CA_BUNDLE", str(env["other_ca"]))  # a CA that did not issue the certificate
     with pytest.raises(Exception, match="TLS error"):
-        refresher.handler({}, _refresh_context())
+        metadata_refresh.handler({}, _refresh_context())
     _wait_for_handshake_failures(env["relays"]["cc"], 2)
 
     for name in ("CF_CA_BUNDLE", "INFLUX_CA_BUNDLE", "PROM_CA_BUNDLE"):

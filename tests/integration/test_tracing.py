@@ -28,20 +28,20 @@ import pytest
 from child_runner import child_env
 from mixed_batch import CC_SECRET, mixed_batch
 
-from refinery.devtools.fake_cc import FakeCloudController
+from refinery_tools.dev.fake_cc import FakeCloudController
 
 pytestmark = pytest.mark.integration
 
 CHILD = """
 import json, sys
-from refinery.devtools.lambda_context import LocalContext
+from refinery_tools.lambda_context import LocalContext
 which, path = sys.argv[1], sys.argv[2]
 with open(path) as handle:
     event = json.load(handle)
 if which == "enricher":
-    from refinery.enricher import handler
+    from refinery.handlers.enricher import handler
 else:
-    from refinery.refresher import handler
+    from refinery.handlers.metadata_refresh import handler
 failed = None
 try:
     handler(event, LocalContext(function_name="refinery-" + which, timeout_seconds=30))

@@ -9,9 +9,9 @@ from typing import Any
 
 import cramjam
 
-from refinery.devtools.servers import free_port
 from refinery.sinks.remote_read import _classes, same_value
 from refinery.sinks.remote_write_proto import write_request_class
+from refinery_tools.dev.servers import free_port
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from refinery.devtools import bench
-from refinery.devtools.samples import sample_envelopes
 from refinery.envelope import decode_value, uuid_to_guid
 from refinery.pipeline import transform_batch
+from refinery_tools.dev import bench
+from refinery_tools.dev.samples import sample_envelopes
 
 ROW = re.compile(
     r"^\| (?P<name>[^|]+?) \| (?P<ours>.+?) \| (?P<baseline>.+?) \| (?P<ratio>[^|]+?)"

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from refinery.config import ConfigError, load_config
-from refinery.enricher import cloud_controller_client
+from refinery.metadata.cc_factory import client_for
 
 
 def _ca_pem() -> str:
@@ -54,11 +54,11 @@ def test_a_pem_file_path_absolute_or_relative_to_the_function_directory(tmp_path
     )
     assert config.cf is not None and config.influx is not None and config.prometheus is not None
     assert config.cf.ca_bundle == config.influx.verify == config.prometheus.verify == str(bundle)
-    client = cloud_controller_client(config.cf)
+    client = client_for(config.cf)
     assert client.verify == str(bundle)
     unset = load_config(INFLUX | CF)
     assert unset.influx is not None and unset.influx.verify is True and unset.cf is not None
-    assert cloud_controller_client(unset.cf).verify is True
+    assert client_for(unset.cf).verify is True
 
 
 def test_the_pem_text_itself_or_a_secret_holding_it_becomes_a_file() -> None:

@@ -14,7 +14,6 @@ from email.utils import format_datetime
 import pytest
 import requests
 
-from refinery.devtools.fake_cc import FakeCloudController, Foundation, Space, java_url_decode
 from refinery.metadata.cc_client import (
     CloudControllerAuthError,
     CloudControllerClient,
@@ -23,6 +22,7 @@ from refinery.metadata.cc_client import (
     token_refresh_margin,
 )
 from refinery.retry_after import parse_retry_after
+from refinery_tools.dev.fake_cc import FakeCloudController, Foundation, Space, java_url_decode
 
 SECRET = "refinery-secret"
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from refinery import __version__, cli
-from refinery.clitools import HelpFormatter, signal_exit_code
-from refinery.devtools import bench
+from refinery import __version__
+from refinery_tools import cli
+from refinery_tools.clitools import HelpFormatter, signal_exit_code
+from refinery_tools.dev import bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,10 @@ def test_every_option_has_help_and_shows_its_default(name: str, parser: argparse
 
 def test_the_benchmark_options_have_help_too() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "refinery.cli", "bench", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "refinery_tools.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0
     for option in ("--quick", "--skip-servers", "--write-doc", "--output", "--profile"):
@@ -74,7 +78,7 @@ def test_consume_events_and_tap_build_the_same_event_shape_by_default() -> None:
 
 def test_version() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "refinery.cli", "--version"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "refinery_tools.cli", "--version"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout == f"refinery {__version__}\n"
 

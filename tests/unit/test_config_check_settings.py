@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from refinery.config import SETTINGS, SETTINGS_BY_NAME, ConfigError, InfluxConfig, load_config
-from refinery.config_check import influx_create_command, influx_hint, run_check, unknown_variables
+from refinery_tools.config_check import influx_create_command, influx_hint, run_check, unknown_variables
 
 SNAPSHOT_ENV = {"METADATA_BUCKET": "b"}
 

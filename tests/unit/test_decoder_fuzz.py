@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes, sample_snapshot
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import transform_batch
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes, sample_snapshot
+from refinery_tools.events import build_kafka_event
 
 SAMPLES: list[dict[str, Any]] = [json.loads(raw) for raw in sample_envelopes()]
 HYPOTHESIS_RECORDS = (4, 10)  # per example, drawn mutation by mutation (shrinkable)

@@ -8,7 +8,6 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
 from refinery.envelope import Poison
 from refinery.transform import (
     AppTags,
@@ -19,6 +18,7 @@ from refinery.transform import (
     http_point,
     log_point,
 )
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
 
 TAGS = AppTags.from_info(SAMPLE_APP)
 SAMPLES = [json.loads(raw) for raw in sample_envelopes()]

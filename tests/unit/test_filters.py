@@ -10,11 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refinery.config import ConfigError, load_config
-from refinery.devtools.collecting_sink import CollectingSink
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.samples import sample_envelopes, sample_snapshot
-from refinery.enricher import build_runtime
 from refinery.filters import PointFilter, parse_extra_tags
+from refinery.handlers.enricher import build_runtime
 from refinery.lineparse import parse_line, parse_series, render_line
 from refinery.lineproto import escape_tag
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
@@ -22,6 +19,9 @@ from refinery.pipeline import BatchResult, process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine
 from refinery.sinks import Deadline, Sink
+from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
+from refinery_tools.events import build_kafka_event
+from support.collecting_sink import CollectingSink
 
 DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,9 +145,9 @@ def test_lines_with_any_names_parse_back_and_stay_valid(name: str, value: str, e
 
 
 def test_a_partial_failure_keeps_the_filtered_accounting(tmp_path) -> None:
-    from refinery.devtools.envelopes import http_envelope, log_envelope
-    from refinery.devtools.samples import SAMPLE_APP
     from refinery.sinks.base import Misconfigured
+    from refinery_tools.dev.envelopes import http_envelope, log_envelope
+    from refinery_tools.dev.samples import SAMPLE_APP
 
     class FailingSink(Sink):
         def __init__(self) -> None:

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
-from refinery.devtools.unavailable import unavailable
 from refinery.envelope import Poison, go_fold, go_view
 from refinery.transform import AppTags, Dropped, convert
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
+from support.unavailable import unavailable
 
 TAGS = {SAMPLE_APP.guid: AppTags.from_info(SAMPLE_APP)}
 SAMPLES = [json.loads(raw) for raw in sample_envelopes()]  # http, log, rtr log, container, value, counter

@@ -6,8 +6,8 @@ import gzip
 
 import pytest
 
-from refinery.devtools.unavailable import unavailable
 from refinery.sinks import gzip_body as module
+from support.unavailable import unavailable
 
 BODY = b"".join(
     b"http_request,app=myapp,instance=%d,method=GET status_code=200 count=1i,duration=0.0%d %d\n"

@@ -18,9 +18,6 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refinery.devtools import bench
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.samples import sample_envelopes
 from refinery.identity import (
     DEFAULT_DIGITS,
     INT64_MAX,
@@ -31,6 +28,9 @@ from refinery.identity import (
     stamp_line,
 )
 from refinery.pipeline import transform_batch
+from refinery_tools.dev import bench
+from refinery_tools.dev.samples import sample_envelopes
+from refinery_tools.events import build_kafka_event
 
 
 def test_the_fingerprint_is_pinned() -> None:

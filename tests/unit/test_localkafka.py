@@ -15,24 +15,30 @@ import orjson
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
-from refinery import cli
-from refinery.devtools.collecting_sink import CollectingSink
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.samples import sample_envelopes, sample_snapshot
 from refinery.kafka_event import describe
-from refinery.localkafka.acks import backoff, outcome_of
-from refinery.localkafka.connect import describe_error, parse_bootstrap
-from refinery.localkafka.event import LOCAL_CLUSTER_ARN, MAX_EVENT_BYTES, Batch, lambda_record, record_size
-from refinery.localkafka.producer import file_source, kind_of, sample_source
-from refinery.localkafka.stats import ConsumeStats
-from refinery.localkafka.synthetic import BASE_NS, SyntheticTraffic
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch
 from refinery.quarantine import Quarantine
 from refinery.sinks import Deadline
+from refinery_tools import cli
+from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
+from refinery_tools.events import build_kafka_event
+from refinery_tools.localkafka.acks import backoff, outcome_of
+from refinery_tools.localkafka.connect import describe_error, parse_bootstrap
+from refinery_tools.localkafka.event import (
+    LOCAL_CLUSTER_ARN,
+    MAX_EVENT_BYTES,
+    Batch,
+    lambda_record,
+    record_size,
+)
+from refinery_tools.localkafka.producer import file_source, kind_of, sample_source
+from refinery_tools.localkafka.stats import ConsumeStats
+from refinery_tools.localkafka.synthetic import BASE_NS, SyntheticTraffic
+from support.collecting_sink import CollectingSink
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "layers" / "refinery" / "refinery" / "data" / "nozzle-envelopes.jsonl"
+SAMPLES = ROOT / "tools" / "refinery_tools" / "data" / "nozzle-envelopes.jsonl"
 
 
 def record(
@@ -430,7 +436,7 @@ def test_summary_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sink_urls_are_shown_without_credentials() -> None:
-    from refinery.localkafka.commands import _safe_url
+    from refinery_tools.localkafka.commands import _safe_url
 
     assert _safe_url("http://user:secret@[::1]:8086/x?db=cf") == "http://[::1]:8086/x?db=cf"
     assert _safe_url("https://influx.example.com") == "https://influx.example.com"

@@ -6,14 +6,14 @@ import base64
 import json
 from pathlib import Path
 
-from refinery.devtools.collecting_sink import CollectingSink
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.samples import sample_envelopes, sample_snapshot
 from refinery.identity import point_time
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import process_batch, transform_batch
 from refinery.quarantine import Quarantine, decode_records
 from refinery.sinks import Deadline
+from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
+from refinery_tools.events import build_kafka_event
+from support.collecting_sink import CollectingSink
 
 
 def store_for(tmp_path, data: bytes | None = None) -> MetadataStore:

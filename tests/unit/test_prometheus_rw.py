@@ -16,11 +16,11 @@ import pytest
 
 from refinery import __version__
 from refinery.config import PrometheusConfig, load_config
-from refinery.devtools.servers import free_port
 from refinery.sinks import Deadline, FlushError, build_sink
 from refinery.sinks.fanout import FanoutSink
 from refinery.sinks.prometheus_rw import PrometheusRemoteWriteSink, label_name, metric_name
 from refinery.sinks.remote_write_proto import write_request_class
+from refinery_tools.dev.servers import free_port
 
 DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
 T = 1_700_000_000_123_456_789

@@ -31,11 +31,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinery import pipeline, speedups
-from refinery.devtools import bench
-from refinery.devtools.envelopes import container_envelope, guid_to_uuid, http_envelope
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.samples import SAMPLE_APP, sample_envelopes
-from refinery.devtools.unavailable import unavailable
 from refinery.envelope import (
     INT64_MAX,
     INT64_MIN,
@@ -56,6 +51,11 @@ from refinery.transform import (
     Dropped,
     convert,
 )
+from refinery_tools.dev import bench
+from refinery_tools.dev.envelopes import container_envelope, guid_to_uuid, http_envelope
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
+from refinery_tools.events import build_kafka_event
+from support.unavailable import unavailable
 
 INT32_MAX, INT32_MIN = (1 << 31) - 1, -(1 << 31)
 NS = 1_000_000_000

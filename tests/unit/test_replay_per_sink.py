@@ -14,12 +14,12 @@ import pytest
 from fake_prometheus import FakePrometheus
 
 from refinery.config import SETTINGS
-from refinery.devtools.envelopes import http_envelope
-from refinery.devtools.worked_example import APPS, MS, RULES, WORKER_EU, worked_example
-from refinery.devtools.worked_example import T0 as T
 from refinery.metadata.snapshot import encode_snapshot
 from refinery.quarantine import Quarantine, QuarantinedRecord, decode_records
-from refinery.replay import replay
+from refinery_tools.dev.envelopes import http_envelope
+from refinery_tools.dev.worked_example import APPS, MS, RULES, WORKER_EU, worked_example
+from refinery_tools.dev.worked_example import T0 as T
+from refinery_tools.replay import replay
 
 
 @pytest.fixture

@@ -252,7 +252,7 @@ def test_the_bundled_example_is_valid() -> None:
 def test_config_check_names_the_rule_and_field(tmp_path, monkeypatch, capsys) -> None:
     from pathlib import Path
 
-    from refinery.cli import main
+    from refinery_tools.cli import main
 
     rules = tmp_path / "rules.yaml"
     rules.write_text(one_rule(name="http_5xx_per_app", window="soon"))

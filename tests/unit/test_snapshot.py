@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 import pytest
 
-from refinery.devtools.fake_cc import Foundation
 from refinery.metadata.snapshot import (
     AppInfo,
     LazyApps,
@@ -19,6 +18,7 @@ from refinery.metadata.snapshot import (
     encode_snapshot,
     snapshot_app_guids,
 )
+from refinery_tools.dev.fake_cc import Foundation
 
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 SOURCE = "https://api.sys.example.com"

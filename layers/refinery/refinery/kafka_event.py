@@ -5,7 +5,7 @@
 ``headers``. The hot path (``pipeline.transform_batch``) reads the plain dicts, and so does
 :func:`describe` for the event-level fields (source, cluster ARN, bootstrap servers): Powertools'
 ``KafkaEvent`` data class would give the same, but importing its package cost the first invocation
-~50 ms at 512 MB (``refinery.devtools.coldstart``).
+~50 ms at 512 MB (``refinery_tools.dev.coldstart``).
 """
 
 from __future__ import annotations

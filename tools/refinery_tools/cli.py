@@ -11,9 +11,9 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .clitools import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter
-from .observability import LOCAL_RUN_ENV
+from refinery import __version__
+from refinery.observability import LOCAL_RUN_ENV
+from refinery_tools.clitools import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter
 
 DESCRIPTION = (
     "Run the enricher and the metadata refresh locally with a Lambda-like context, list and check the "
@@ -43,7 +43,7 @@ def _load_event(path: str) -> Any:
 
 
 def _say_hint(error: BaseException, config: Any) -> None:
-    from .config_check import influx_hint
+    from refinery_tools.config_check import influx_hint
 
     hint = influx_hint(str(error), getattr(config, "influx", None))
     if hint:
@@ -54,22 +54,22 @@ def _say_hint(error: BaseException, config: Any) -> None:
 
 
 def invoke_enricher(event: Any, *, dry_run: bool, timeout: float) -> int:
-    from .config import ConfigError, load_config
-    from .devtools.lambda_context import LocalContext
-    from .localkafka.commands import quarantine_root
-    from .sinks import PrintSink
+    from refinery.config import ConfigError, load_config
+    from refinery.sinks import PrintSink
+    from refinery_tools.lambda_context import LocalContext
+    from refinery_tools.localkafka.commands import quarantine_root
 
     try:
         config = load_config()
     except ConfigError as exc:
         print(f"refinery: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    from . import enricher
+    from refinery.handlers import enricher
 
     printing = dry_run or (config.influx is None and config.prometheus is None)
     runtime = enricher.build_runtime(config, PrintSink(sys.stdout) if printing else None)
     if dry_run:  # nothing written anywhere: the quarantine prints what it would write, on stderr
-        from .devtools.dryrun import PrintQuarantine
+        from refinery_tools.dryrun import PrintQuarantine
 
         runtime.quarantine = PrintQuarantine(runtime.quarantine, sys.stderr)
     enricher.reset_runtime(runtime)
@@ -98,8 +98,8 @@ def invoke_enricher(event: Any, *, dry_run: bool, timeout: float) -> int:
 
 
 def invoke_refresh(event: Any, *, timeout: float) -> int:
-    from .devtools.lambda_context import LocalContext
-    from .refresher import handler
+    from refinery.handlers.metadata_refresh import handler
+    from refinery_tools.lambda_context import LocalContext
 
     try:
         with contextlib.redirect_stdout(sys.stderr):
@@ -130,8 +130,8 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
 def print_settings(out: Any, environ: Any = None, width: int = 100) -> None:
     """Every setting, grouped: name, kind, default, the value set (secrets masked), and its meaning."""
-    from .config import SETTINGS, display_value
-    from .config_check import group_title
+    from refinery.config import SETTINGS, display_value
+    from refinery_tools.config_check import group_title
 
     env = os.environ if environ is None else environ
     groups: dict[str, list[Any]] = {}
@@ -165,7 +165,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     os.environ.setdefault(LOCAL_RUN_ENV, "1")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the report says what the clients did
-    from .config_check import run_check
+    from refinery_tools.config_check import run_check
 
     return run_check(offline=args.offline, out=sys.stdout)
 
@@ -177,8 +177,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     os.environ.setdefault(LOCAL_RUN_ENV, "1")
     if not args.verbose:  # one INFO line per replayed batch would bury the summary
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    from .config import ConfigError
-    from .replay import ReplayError, replay
+    from refinery.config import ConfigError
+    from refinery_tools.replay import ReplayError, replay
 
     after = "delete" if args.delete else "move" if args.move_to else "keep"
     out = sys.stdout
@@ -199,7 +199,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"refinery: replay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         with contextlib.suppress(Exception):
-            from .config import load_config
+            from refinery.config import load_config
 
             _say_hint(exc, load_config())
         return EXIT_ERROR
@@ -214,7 +214,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault(LOCAL_RUN_ENV, "1")
-    from .devtools.demo import run_demo
+    from refinery_tools.dev.demo import run_demo
 
     return run_demo(verbose=args.verbose)
 
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--verbose", action="store_true", help="also the pipeline's INFO logs, on stderr")
     replay.set_defaults(func=cmd_replay)
 
-    from .devtools.tap import add_parser as add_tap_parser
+    from refinery_tools.tap import add_parser as add_tap_parser
 
     add_tap_parser(sub)
 
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
 
-    from .localkafka.commands import add_parsers as add_local_kafka_parsers
+    from refinery_tools.localkafka.commands import add_parsers as add_local_kafka_parsers
 
     add_local_kafka_parsers(sub)  # consume, produce, events
 
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["bench"]:  # the benchmark parses its own options (REMAINDER cannot pass --help)
-            from .devtools.bench import main as bench_main
+            from refinery_tools.dev.bench import main as bench_main
 
             return bench_main(argv[1:])
         args = build_parser().parse_args(argv)

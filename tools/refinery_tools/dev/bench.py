@@ -12,7 +12,7 @@ Figures (see ``docs/performance.md``, which ``--write-doc`` rewrites):
 2. the same against a straightforward influxdb-client ``Point`` implementation;
 3. end to end through the real handler into a real InfluxDB 1.x, against core cost + raw POST;
 4. cold start: INIT + first invoke of the built functions in an emulation of Lambda (at 512 MB and
-   one full core), against an empty function's (:mod:`refinery.devtools.coldstart`);
+   one full core), against an empty function's (:mod:`refinery_tools.dev.coldstart`);
 5. peak memory growth for a maximum-size (6 MiB) batch in a fresh interpreter;
 6. metadata at 100 000 apps: refresh through a fake Cloud Controller into moto S3, snapshot size,
    snapshot load, lookup cost at 100 000 against 1 000 apps;
@@ -60,14 +60,14 @@ from typing import Any
 import orjson
 import pybase64
 
-from .. import speedups
-from ..metadata.snapshot import AppInfo, encode_snapshot
-from ..metadata.store import MetadataStore, SnapshotSource
-from ..pipeline import Transformed, transform_batch
-from .environ import patched_environ
-from .events import build_kafka_event
-from .fake_cc import Foundation
-from .samples import sample_envelopes, sample_snapshot
+from refinery import speedups
+from refinery.metadata.snapshot import AppInfo, encode_snapshot
+from refinery.metadata.store import MetadataStore, SnapshotSource
+from refinery.pipeline import Transformed, transform_batch
+from refinery_tools.dev.environ import patched_environ
+from refinery_tools.dev.fake_cc import Foundation
+from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
+from refinery_tools.events import build_kafka_event
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -879,7 +879,8 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
         status=_verdict(speedup >= TARGET_SPEEDUP_VS_POINT),
         how=(
             "The same batch through a straightforward implementation (`point_baseline` in"
-            " `refinery/devtools/bench.py`): `json.loads(base64.b64decode(value))`, a dict of app metadata,"
+            " `tools/refinery_tools/dev/bench.py`): `json.loads(base64.b64decode(value))`,"
+            " a dict of app metadata,"
             " an influxdb-client `Point` with the same tags, fields and nanosecond time,"
             " `to_line_protocol()`;"
             f" best of {sizes.point_rounds} interleaved rounds, GC off while timed. The ratio is"
@@ -988,7 +989,7 @@ COLD_START_ROWS = ("cold_start", "cold_start_full", "cold_start_refresh")
 
 def bench_cold_start(sizes: Sizes, rows: dict[str, Row]) -> None:
     """Rows 4–4c: cold starts of the built functions as Lambda runs them (:mod:`.coldstart`)."""
-    from . import coldstart
+    from refinery_tools.dev import coldstart
 
     runs = max(5, sizes.cold_runs)
     plan = [
@@ -1013,7 +1014,7 @@ def bench_cold_start(sizes: Sizes, rows: dict[str, Row]) -> None:
         "`make build`'s functions and layers, zipped by SAM's packager (files dated 1980-01-01) and"
         " unzipped into `/var/task` and `/opt` (" + layers + " zipped), run by the real runtime client"
         " (awslambdaric) with Python 3.12 in an emulation of the python3.12 runtime"
-        " (`refinery.devtools.coldstart`): a mount namespace with `/var/task`, `/opt` and the runtime"
+        " (`refinery_tools.dev.coldstart`): a mount namespace with `/var/task`, `/opt` and the runtime"
         " read-only, Lambda's `sys.path` and environment (the template's variables), the runtime's own"
         f" boto3/botocore ({', '.join(coldstart.RUNTIME_SDK)}), user `nobody`, a cgroup holding memory to"
         " the function's size and CPU to size/1769 of a core (`cpu.cfs_quota_us`), the Runtime API"
@@ -1067,7 +1068,7 @@ def bench_cold_start(sizes: Sizes, rows: dict[str, Row]) -> None:
 
 _MEMORY_CHILD = """\
 import sys
-from refinery.devtools.bench import memory_child
+from refinery_tools.dev.bench import memory_child
 memory_child(sys.argv[1:])
 """
 
@@ -1302,9 +1303,9 @@ def bench_end_to_end(
 ) -> EndToEnd:
     import requests
 
-    from .. import enricher
-    from ..config import load_config
-    from .lambda_context import LocalContext
+    from refinery.config import load_config
+    from refinery.handlers import enricher
+    from refinery_tools.lambda_context import LocalContext
 
     database = "refinery_bench"
     influx.create_database(database)
@@ -1369,7 +1370,8 @@ def bench_end_to_end(
             target=f"≤ {TARGET_END_TO_END:.2f}×",
             status=_verdict(ratio <= TARGET_END_TO_END),
             how=(
-                f"`refinery.enricher.handler` on the {_count(work.records)}-record batch (warm container:"
+                f"`refinery.handlers.enricher.handler` on the {_count(work.records)}-record batch"
+                " (warm container:"
                 " snapshot from moto S3 already loaded; INFLUX_BATCH_SIZE 5000, so 2 chunks, written at"
                 " once with the default INFLUX_WRITE_CONCURRENCY=2;"
                 f" INFLUX_GZIP={str(gzip_on).lower()}) writing to a real InfluxDB 1.x on loopback, against"
@@ -1390,8 +1392,8 @@ def bench_end_to_end(
 
 _FAKE_CC_CHILD = """\
 import sys
-from refinery.devtools.bench import CC_SECRET, foundation_for
-from refinery.devtools.fake_cc import FakeCloudController
+from refinery_tools.dev.bench import CC_SECRET, foundation_for
+from refinery_tools.dev.fake_cc import FakeCloudController
 foundation = foundation_for(int(sys.argv[1]), seed=7)
 with FakeCloudController(foundation, client_id="refinery", client_secret=CC_SECRET) as cc:
     print(cc.url, flush=True)
@@ -1433,9 +1435,9 @@ def fake_cloud_controller(apps: int) -> Iterator[str]:
 
 
 def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> None:
-    from ..metadata.cc_client import CloudControllerClient
-    from ..metadata.refresh import refresh_snapshot
-    from ..metadata.store import S3SnapshotSource
+    from refinery.metadata.cc_client import CloudControllerClient
+    from refinery.metadata.refresh import refresh_snapshot
+    from refinery.metadata.store import S3SnapshotSource
 
     n = sizes.metadata_apps
     _progress(f"metadata refresh: fake Cloud Controller with {_count(n)} apps, moto S3")
@@ -1514,7 +1516,7 @@ def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> N
 
 def bench_servers(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> EndToEnd | None:
     """Everything that needs servers; a server that cannot start leaves its rows SKIP with the reason."""
-    from .servers import InfluxDB1Server, MotoS3Server, ServerUnavailable
+    from refinery_tools.dev.servers import InfluxDB1Server, MotoS3Server, ServerUnavailable
 
     figures: EndToEnd | None = None
     bucket = "refinery-bench"

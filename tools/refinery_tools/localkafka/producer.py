@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from ..devtools.samples import sample_envelopes
-from .connect import KafkaUnavailable, ensure_topic, open_producer
+from refinery_tools.dev.samples import sample_envelopes
+from refinery_tools.localkafka.connect import KafkaUnavailable, ensure_topic, open_producer
 
 EVENT_TYPES = {4: "http", 5: "log", 6: "value_metric", 7: "counter_event", 8: "error", 9: "container"}
 

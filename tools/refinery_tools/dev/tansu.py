@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 
-from .servers import HOST, ServerUnavailable, _ProcessServer
+from refinery_tools.dev.servers import HOST, ServerUnavailable, _ProcessServer
 
 __all__ = ["TansuServer", "find_tansu"]
 

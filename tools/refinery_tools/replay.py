@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .quarantine import decode_records
+from refinery.quarantine import decode_records
 
 REPLAY_PREFIX = "replay/"
 #: Records per replayed invocation (the Lambda default batch size is far smaller; memory-bound here).
@@ -338,11 +338,11 @@ def replay(
 ) -> ReplayReport:
     """Replay every readable object under ``url`` (``s3://…`` or a local path) with the enricher's
     configuration; then keep, delete or move (``move_to``) what was replayed. See the module doc."""
-    from . import enricher
-    from .config import load_config
-    from .pipeline import process_batch
-    from .quarantine import Quarantine
-    from .sinks import Deadline, PrintSink
+    from refinery.config import load_config
+    from refinery.handlers import enricher
+    from refinery.pipeline import process_batch
+    from refinery.quarantine import Quarantine
+    from refinery.sinks import Deadline, PrintSink
 
     if after not in AFTER_CHOICES:
         raise ReplayError(f"after must be one of {', '.join(AFTER_CHOICES)}, not {after!r}")
@@ -362,7 +362,7 @@ def replay(
         )
     config = load_config()
     if dry_run:
-        from .devtools.dryrun import PrintQuarantine
+        from refinery_tools.dryrun import PrintQuarantine
 
         runtime = enricher.build_runtime(config, PrintSink(out))
     else:
@@ -441,10 +441,10 @@ def _replay_refused_lines(
     """Write each refused line to the sink that refused it, and only there; re-quarantine what is
     still refused (with the same sink and line). A record counts as written when every line refused
     for it is now acknowledged."""
-    from .pipeline import REJECTED
-    from .quarantine import QuarantinedRecord, batch_object_key
-    from .sinks import Deadline, PrintSink
-    from .sinks.fanout import find_member
+    from refinery.pipeline import REJECTED
+    from refinery.quarantine import QuarantinedRecord, batch_object_key
+    from refinery.sinks import Deadline, PrintSink
+    from refinery.sinks.fanout import find_member
 
     def record_key(entry: dict[str, Any]) -> tuple[Any, ...]:
         return (_partition_key(entry), entry.get("offset"), entry.get("value"))

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ..devtools.lambda_context import LocalContext
-from .acks import Outcome, backoff, failed, outcome_of
-from .connect import KafkaUnavailable, describe_error, open_consumer
-from .event import MAX_EVENT_BYTES, SOURCES, Batch, partition_key, record_size
-from .stats import ConsumeStats
+from refinery_tools.lambda_context import LocalContext
+from refinery_tools.localkafka.acks import Outcome, backoff, failed, outcome_of
+from refinery_tools.localkafka.connect import KafkaUnavailable, describe_error, open_consumer
+from refinery_tools.localkafka.event import MAX_EVENT_BYTES, SOURCES, Batch, partition_key, record_size
+from refinery_tools.localkafka.stats import ConsumeStats
 
 Handler = Callable[[dict[str, Any], Any], Any]
 TP = tuple[str, int]
@@ -172,7 +172,7 @@ class EventSourceMapping:
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        from .connect import parse_bootstrap
+        from refinery_tools.localkafka.connect import parse_bootstrap
 
         opts = self.options
         try:

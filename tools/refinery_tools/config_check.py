@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .config import (
+from refinery.config import (
     SETTINGS,
     Config,
     ConfigError,
@@ -260,7 +260,7 @@ def check_settings(env: Mapping[str, str], report: Report, resolver: RecordingRe
 def _check_rules_file(config: Config) -> None:
     if not config.rules_file:  # a rules file in S3 is read by the connectivity stage
         return
-    from .rules.loader import RulesError, parse_rules
+    from refinery.rules.loader import RulesError, parse_rules
 
     with open(config.rules_file, "rb") as handle:
         try:
@@ -542,9 +542,9 @@ def _s3_problem(exc: BaseException) -> str:
 
 
 def check_snapshot(config: Config, report: Report, client_factory: Callable[[], Any]) -> None:
-    from .metadata.snapshot import SnapshotError, decode_snapshot
-    from .metadata.store import FileSnapshotSource, S3SnapshotSource, SnapshotUnavailable
-    from .observability import snapshot_age_s
+    from refinery.metadata.snapshot import SnapshotError, decode_snapshot
+    from refinery.metadata.store import FileSnapshotSource, S3SnapshotSource, SnapshotUnavailable
+    from refinery.observability import snapshot_age_s
 
     if config.metadata_file:
         source: Any = FileSnapshotSource(config.metadata_file)
@@ -618,14 +618,14 @@ PROBE_GUID = "00000000-0000-4000-8000-000000000000"
 
 
 def check_cloud_controller(config: Config, report: Report, resolver: RecordingResolver) -> None:
-    from .enricher import cloud_controller_client
-    from .metadata.cc_client import CloudControllerAuthError, CloudControllerError
+    from refinery.metadata.cc_client import CloudControllerAuthError, CloudControllerError
+    from refinery.metadata.cc_factory import client_for
 
     cf = config.cf
     if cf is None:
         return
     section = report.section(f"Cloud Controller ({redact_url(cf.api_url)})")
-    client = cloud_controller_client(cf)  # the enricher's own client, TLS settings and all
+    client = client_for(cf)  # the enricher's own client, TLS settings and all
     client.timeout = (5.0, min(cf.timeout, CHECK_TIMEOUT))
     client.max_attempts, client.max_retry_wait = 2, 2.0  # a check, not a batch: fail fast
     deadline = time.monotonic() + 3 * CHECK_TIMEOUT

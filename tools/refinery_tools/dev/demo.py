@@ -10,7 +10,7 @@
    app names, or why it was dropped or quarantined — then the points as written and the summary,
    and stop everything.
 
-The per-record table comes from :mod:`refinery.devtools.tap` (the pipeline's own transform, record
+The per-record table comes from :mod:`refinery_tools.tap` (the pipeline's own transform, record
 by record, with a fresh metadata store), checked line for line against what the handler wrote. The
 functions' JSON logs and EMF metrics are shown only with ``verbose``. With ``INFLUX_URL`` (and its
 settings) in the environment the points are written there instead of printed.
@@ -25,11 +25,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .environ import patched_environ
-from .events import build_kafka_event
-from .fake_cc import FakeCloudController, Foundation
-from .samples import SAMPLE_APP, sample_envelopes
-from .servers import MotoS3Server
+from refinery_tools.dev.environ import patched_environ
+from refinery_tools.dev.fake_cc import FakeCloudController, Foundation
+from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
+from refinery_tools.dev.servers import MotoS3Server
+from refinery_tools.events import build_kafka_event
 
 BUCKET = "refinery-demo"
 METADATA_KEY = "metadata/apps.json.gz"
@@ -100,17 +100,19 @@ def run_demo(out: TextIO | None = None, *, verbose: bool = False) -> int:
 def _refresh_then_enrich(out: TextIO, foundation: Foundation, verbose: bool) -> int:
     import boto3
 
-    from .. import enricher, refresher
-    from ..config import load_config
-    from ..sinks import PrintSink
-    from .lambda_context import LocalContext
-    from .tap import Tap
+    from refinery.config import load_config
+    from refinery.handlers import enricher, metadata_refresh
+    from refinery.sinks import PrintSink
+    from refinery_tools.lambda_context import LocalContext
+    from refinery_tools.tap import Tap
 
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     with _function_output(verbose) as function_out:
         try:
             with contextlib.redirect_stdout(function_out):
-                refreshed = refresher.handler({}, LocalContext(function_name="refinery-metadata-refresh"))
+                refreshed = metadata_refresh.handler(
+                    {}, LocalContext(function_name="refinery-metadata-refresh")
+                )
         except Exception as exc:
             print(f"\nthe metadata refresh failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
@@ -173,7 +175,7 @@ def _function_output(verbose: bool) -> Any:
 
 def _envelope_kinds(event: dict[str, Any]) -> dict[str, str]:
     """``partition@offset`` -> what the record is (event type, log source), for the table."""
-    from ..envelope import Poison, decode_value
+    from refinery.envelope import Poison, decode_value
 
     kinds = {}
     for key, records in event["records"].items():
@@ -195,7 +197,7 @@ def _became(tapped: Any) -> str:
     if tapped.outcome != "written":
         why = WHY.get(tapped.reason or "", tapped.detail or "")
         return f"{tapped.outcome}: {tapped.reason}" + (f" ({why})" if why else "")
-    from ..lineparse import parse_line
+    from refinery.lineparse import parse_line
 
     point = parse_line(tapped.line)
     tags = point.tags

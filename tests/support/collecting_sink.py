@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..sinks import Deadline, Sink, WriteReport
+from refinery.sinks import Deadline, Sink, WriteReport
 
 
 class CollectingSink(Sink):

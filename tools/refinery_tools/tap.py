@@ -26,8 +26,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from ..clitools import EXIT_ERROR, EXIT_OK, HelpFormatter, StopSignals
-from ..observability import LOCAL_RUN_ENV
+from refinery.observability import LOCAL_RUN_ENV
+from refinery_tools.clitools import EXIT_ERROR, EXIT_OK, HelpFormatter, StopSignals
 
 OUTCOMES = ("written", "dropped", "quarantined")
 #: Store counters -> the tier shown; the first that moved for a record wins.
@@ -63,7 +63,7 @@ class Tapped:
     def measurement(self) -> str | None:
         if self.line is None:
             return None
-        from ..lineparse import parse_series, series_end
+        from refinery.lineparse import parse_series, series_end
 
         return parse_series(self.line[: series_end(self.line)])[0]
 
@@ -89,7 +89,7 @@ class _AskedStore:
 
 def guid_of(record: dict[str, Any]) -> str | None:
     """The app GUID an envelope names, for records dropped before any lookup (display only)."""
-    from ..envelope import Poison, decode_value, uuid_to_guid
+    from refinery.envelope import Poison, decode_value, uuid_to_guid
 
     try:
         envelope = decode_value(record.get("value"))
@@ -110,7 +110,7 @@ class Tap:
     """Runs records through the pipeline's transform one at a time, with the enricher's settings."""
 
     def __init__(self, config: Any, store: Any, now: Any = time.time):
-        from ..point_stage import PointStage
+        from refinery.point_stage import PointStage
 
         self.config = config
         self.store = store
@@ -127,7 +127,7 @@ class Tap:
         self._points = {}
 
     def record(self, key: str, record: dict[str, Any]) -> Tapped:
-        from ..pipeline import transform_batch
+        from refinery.pipeline import transform_batch
 
         asked = _AskedStore(self.store)
         before = self.store.stats.tiers()
@@ -276,8 +276,8 @@ def _live(args: argparse.Namespace, tap: Tap, show: Any, stops: StopSignals) -> 
     """Read the topics outside any consumer group, from where asked; one tap batch per poll."""
     from kafka import TopicPartition
 
-    from ..localkafka.connect import KafkaUnavailable, open_consumer
-    from ..localkafka.event import SOURCES, Batch
+    from refinery_tools.localkafka.connect import KafkaUnavailable, open_consumer
+    from refinery_tools.localkafka.event import SOURCES, Batch
 
     consumer = open_consumer(
         args.bootstrap,
@@ -331,7 +331,7 @@ def _seek_to_committed(args: argparse.Namespace, consumer: Any, parts: list[Any]
     """Start at a group's committed offsets (read, never written), else at the end."""
     from kafka.admin import KafkaAdminClient
 
-    from ..localkafka.connect import parse_bootstrap
+    from refinery_tools.localkafka.connect import parse_bootstrap
 
     admin = KafkaAdminClient(bootstrap_servers=parse_bootstrap(args.bootstrap))
     try:
@@ -364,15 +364,15 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    from ..config import ConfigError, load_config
+    from refinery.config import ConfigError, load_config
 
     try:
         config = load_config()
     except ConfigError as exc:
         print(f"refinery tap: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    from .. import enricher
-    from ..sinks import PrintSink
+    from refinery.handlers import enricher
+    from refinery.sinks import PrintSink
 
     runtime = enricher.build_runtime(config, PrintSink())  # the store only: nothing is written
     if config.rules_file or config.rules_key:
@@ -402,8 +402,8 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
             quiet = sys.stderr if args.verbose else stack.enter_context(open(os.devnull, "w"))
             stack.enter_context(contextlib.redirect_stdout(quiet))
             if args.event is not None:
-                from ..cli import _load_event
-                from ..kafka_event import describe
+                from refinery.kafka_event import describe
+                from refinery_tools.cli import _load_event
 
                 event = _load_event(args.event)
                 try:
@@ -413,7 +413,7 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     return EXIT_ERROR
                 show(tap.event(event))
             else:
-                from ..localkafka.connect import KafkaUnavailable, quiet_kafka_logs
+                from refinery_tools.localkafka.connect import KafkaUnavailable, quiet_kafka_logs
 
                 quiet_kafka_logs(args.verbose)
                 try:
@@ -431,8 +431,8 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from ..localkafka.commands import DEFAULT_SOURCE, _bootstrap, _number
-    from ..localkafka.event import SOURCES
+    from refinery_tools.localkafka.commands import DEFAULT_SOURCE, _bootstrap, _number
+    from refinery_tools.localkafka.event import SOURCES
 
     p = sub.add_parser(
         "tap",

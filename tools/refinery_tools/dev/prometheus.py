@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .servers import HOST, _ProcessServer
+from refinery_tools.dev.servers import HOST, _ProcessServer
 
 __all__ = ["PrometheusServer"]
 

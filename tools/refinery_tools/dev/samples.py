@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from importlib import resources
 
-from ..metadata.snapshot import AppInfo, encode_snapshot
+from refinery.metadata.snapshot import AppInfo, encode_snapshot
 
 SAMPLE_APP = AppInfo(
     guid="e7b6e4d2-3f1a-4c2b-9a5d-81f0c3b2a6d4",
@@ -21,7 +21,7 @@ SAMPLE_GENERATED_AT = datetime(2018, 9, 21, 6, 0, 0, tzinfo=UTC)
 
 def sample_envelopes() -> list[bytes]:
     """The six envelopes, each exactly as kafka-firehose-nozzle writes it to Kafka."""
-    data = resources.files("refinery").joinpath("data/nozzle-envelopes.jsonl").read_bytes()
+    data = resources.files("refinery_tools").joinpath("data/nozzle-envelopes.jsonl").read_bytes()
     return [line for line in data.splitlines() if line.strip()]
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..clitools import EXIT_INTERRUPTED, HelpFormatter, StopSignals
-from ..observability import LOCAL_RUN_ENV
-from .event import SOURCES
+from refinery.observability import LOCAL_RUN_ENV
+from refinery_tools.clitools import EXIT_INTERRUPTED, HelpFormatter, StopSignals
+from refinery_tools.localkafka.event import SOURCES
 
 __all__ = ["EXIT_INTERRUPTED", "add_parsers"]
 #: The event shape of ``consume``, ``events`` and ``tap``: MSK, the template's first choice.
@@ -40,7 +40,7 @@ def _number(
 
 
 def _bootstrap(text: str) -> str:
-    from .connect import parse_bootstrap
+    from refinery_tools.localkafka.connect import parse_bootstrap
 
     try:
         return ",".join(parse_bootstrap(text))
@@ -80,25 +80,25 @@ def cmd_consume(args: argparse.Namespace) -> int:
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Refinery")
     if not args.verbose:  # per-batch INFO lines drown the progress line; warnings and errors still show
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    from ..config import ConfigError, load_config
-    from ..config_check import influx_hint
-    from ..sinks import FlushError
-    from .connect import KafkaUnavailable, quiet_kafka_logs
-    from .mapping import EventSourceMapping, MappingError, MappingOptions
+    from refinery.config import ConfigError, load_config
+    from refinery.sinks import FlushError
+    from refinery_tools.config_check import influx_hint
+    from refinery_tools.localkafka.connect import KafkaUnavailable, quiet_kafka_logs
+    from refinery_tools.localkafka.mapping import EventSourceMapping, MappingError, MappingOptions
 
     try:
         config = load_config()
     except ConfigError as exc:
         return _fail("consume", str(exc))
-    from .. import enricher
-    from ..sinks import PrintSink
+    from refinery.handlers import enricher
+    from refinery.sinks import PrintSink
 
     # As `refinery invoke`: with no sink configured (or --dry-run) the points are printed.
     sinks = [_safe_url(s.url) for s in (config.influx, getattr(config, "prometheus", None)) if s is not None]
     printing = args.dry_run or not sinks
     runtime = enricher.build_runtime(config, PrintSink(sys.stdout) if printing else None)
     if args.dry_run:  # nothing written anywhere: the quarantine prints what it would write
-        from ..devtools.dryrun import PrintQuarantine
+        from refinery_tools.dryrun import PrintQuarantine
 
         runtime.quarantine = PrintQuarantine(runtime.quarantine)
     enricher.reset_runtime(runtime)
@@ -329,9 +329,9 @@ def _add_consume(sub: Any) -> None:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from .connect import KafkaUnavailable, quiet_kafka_logs
-    from .producer import Publisher, file_source, sample_source
-    from .synthetic import BASE_NS, DEFAULT_STEP_NS, SyntheticTraffic
+    from refinery_tools.localkafka.connect import KafkaUnavailable, quiet_kafka_logs
+    from refinery_tools.localkafka.producer import Publisher, file_source, sample_source
+    from refinery_tools.localkafka.synthetic import BASE_NS, DEFAULT_STEP_NS, SyntheticTraffic
 
     forever = args.count == 0
     snapshot: bytes | None = None
@@ -351,7 +351,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             envelopes = traffic.envelopes(None if forever else (args.count or 1000))
             snapshot = traffic.snapshot()
         elif args.samples:
-            from ..devtools.samples import sample_snapshot
+            from refinery_tools.dev.samples import sample_snapshot
 
             envelopes = sample_source(args.count, forever=forever)
             snapshot = sample_snapshot()
@@ -484,7 +484,7 @@ def _add_produce(sub: Any) -> None:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from ..devtools.events import build_kafka_event
+    from refinery_tools.events import build_kafka_event
 
     try:
         data = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()

@@ -6,8 +6,8 @@ tag), two summed into one series: three output series, one per org.
 
 from __future__ import annotations
 
-from ..metadata.snapshot import AppInfo
-from .envelopes import http_envelope, log_envelope
+from refinery.metadata.snapshot import AppInfo
+from refinery_tools.dev.envelopes import http_envelope, log_envelope
 
 S = 1_000_000_000
 MS = 1_000_000

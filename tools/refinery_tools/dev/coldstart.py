@@ -28,7 +28,7 @@ Each cold start is a fresh process in an emulation of the Lambda execution envir
   runtime's Python to its first ``next``; an **invoke** from handing the event over to the response.
 
 S3 and Secrets Manager are moto's server (a process of its own, on loopback), the InfluxDB is a real
-1.x (:mod:`refinery.devtools.servers`), the Cloud Controller is :mod:`refinery.devtools.fake_cc` (in a
+1.x (:mod:`refinery_tools.dev.servers`), the Cloud Controller is :mod:`refinery_tools.dev.fake_cc` (in a
 process of its own). The enricher (v1 sink) reads its snapshot from S3 and its InfluxDB password
 and Cloud Controller client secret from Secrets Manager, as the template configures it.
 
@@ -38,7 +38,7 @@ runtime starts (downloading and unpacking the code, starting the microVM).
 
 Needs root (mounts, cgroups), cgroup v1 ``cpu`` and ``memory`` controllers, Python 3.12 with pip,
 and network access to PyPI once (the runtime's SDK and client are installed into a cache beside the
-build directory). ``python -m refinery.devtools.coldstart --help`` runs it alone.
+build directory). ``python -m refinery_tools.dev.coldstart --help`` runs it alone.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 #: Megabytes of memory that give a function one full vCPU (Lambda's documented ratio).
 FULL_CORE_MB = 1769
 CFS_PERIOD_US = 100_000
@@ -1017,8 +1017,8 @@ class _Servers:
     def _start(self) -> None:
         import boto3
 
-        from . import bench
-        from .servers import InfluxDB1Server
+        from refinery_tools.dev import bench
+        from refinery_tools.dev.servers import InfluxDB1Server
 
         self.moto_url = self._stack.enter_context(_moto_process())
         influx = self._stack.enter_context(InfluxDB1Server())
@@ -1063,7 +1063,7 @@ class _Servers:
 @contextlib.contextmanager
 def _moto_process() -> Iterator[str]:
     """moto's server in a process of its own (as AWS is not in the function's), on loopback."""
-    from .servers import free_port
+    from refinery_tools.dev.servers import free_port
 
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in the finally below)
@@ -1099,7 +1099,7 @@ def _moto_process() -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m refinery.devtools.coldstart",
+        prog="python -m refinery_tools.dev.coldstart",
         description="Cold starts of the built functions in an emulation of the Lambda python3.12 runtime.",
     )
     parser.add_argument("--build-dir", type=Path, default=ROOT / ".aws-sam" / "build")

@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import snapstart
-from .config import CloudControllerConfig, Config, load_config
-from .kafka_event import describe
-from .metadata.store import FileSnapshotSource, MetadataStore, S3SnapshotSource
-from .observability import (
+from .. import snapstart
+from ..config import Config, load_config
+from ..kafka_event import describe
+from ..metadata.cc_factory import client_for
+from ..metadata.store import FileSnapshotSource, MetadataStore, S3SnapshotSource
+from ..observability import (
     SERVICE,
     batch_lag_ms,
     emit_batch_metrics,
@@ -27,15 +28,14 @@ from .observability import (
     snapshot_age_s,
     warn_if_tls_unverified,
 )
-from .pipeline import process_batch
-from .pipeline_metrics import batch_line, batch_topics, failure_line, write_line
-from .quarantine import Quarantine, QuarantineError
-from .sinks import Deadline, FlushError, Sink, build_sink
-from .tracing import trace_handler
+from ..pipeline import process_batch
+from ..pipeline_metrics import batch_line, batch_topics, failure_line, write_line
+from ..quarantine import Quarantine, QuarantineError
+from ..sinks import Deadline, FlushError, Sink, build_sink
+from ..tracing import trace_handler
 
 if TYPE_CHECKING:
-    from .metadata.cc_client import CloudControllerClient
-    from .point_stage import PointStage
+    from ..point_stage import PointStage
 
 logger = make_logger()
 metrics = make_metrics()
@@ -70,7 +70,7 @@ def build_runtime(config: Config, sink: Sink | None = None) -> Runtime:
         expire=config.metadata_expire,
         cache_size=config.metadata_cache_size,
         negative_expire=config.negative_cache_expire,
-        live=cloud_controller_client(config.cf) if config.cf is not None else None,
+        live=client_for(config.cf) if config.cf is not None else None,
         live_max=config.live_lookup_max,
         live_budget=config.live_lookup_budget,
     )
@@ -87,8 +87,8 @@ def point_stage(config: Config) -> PointStage | None:
     """Filters, extra tags and recording rules, when any is configured (imported only then)."""
     if config.point_filter is None and not config.rules_file and not config.rules_key:
         return None
-    from .point_stage import PointStage
-    from .rules.loader import RuleBook
+    from ..point_stage import PointStage
+    from ..rules.loader import RuleBook
 
     rule_book = None
     if config.rules_file or config.rules_key:
@@ -99,23 +99,6 @@ def point_stage(config: Config) -> PointStage | None:
         )
         rule_book = RuleBook(source, check_interval=config.rules_check_interval)
     return PointStage(config.point_filter, rule_book)
-
-
-def cloud_controller_client(cf: CloudControllerConfig) -> CloudControllerClient:
-    """The CC API v3 client (requests only; its first call discovers UAA and gets a token)."""
-    from . import __version__
-    from .metadata.cc_client import CloudControllerClient
-
-    return CloudControllerClient(
-        cf.api_url,
-        cf.client_id,
-        cf.client_secret,
-        uaa_url=cf.uaa_url,
-        timeout=(5.0, cf.timeout),
-        verify_tls=cf.verify_tls,
-        ca_bundle=cf.ca_bundle,
-        user_agent=f"refinery/{__version__}",
-    )
 
 
 def runtime() -> Runtime:

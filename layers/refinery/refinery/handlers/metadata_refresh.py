@@ -11,11 +11,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from . import snapstart
-from .config import ConfigError, load_config
-from .enricher import cloud_controller_client
-from .metadata.refresh import refresh_snapshot
-from .observability import (
+from .. import snapstart
+from ..config import ConfigError, load_config
+from ..metadata.cc_factory import client_for
+from ..metadata.refresh import refresh_snapshot
+from ..observability import (
     emit_failure_metric,
     emit_refresh_metrics,
     error_fields,
@@ -23,7 +23,7 @@ from .observability import (
     make_metrics,
     warn_if_tls_unverified,
 )
-from .tracing import trace_handler
+from ..tracing import trace_handler
 
 logger = make_logger()
 metrics = make_metrics()
@@ -48,11 +48,11 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     assert config.cf is not None and config.metadata_bucket is not None
     force = config.refresh_force or bool(isinstance(event, dict) and event.get("force") is True)
     deadline = time.monotonic() + max(1.0, context.get_remaining_time_in_millis() / 1000.0 - TIME_RESERVE)
-    from .s3 import BoundedClient, make_client
+    from ..s3 import BoundedClient, make_client
 
     # Every S3 call ends by the deadline (a hung S3 must not outlive the invocation).
     s3_client = BoundedClient(make_client(), lambda: max(0.0, deadline - time.monotonic()))
-    client = cloud_controller_client(config.cf)
+    client = client_for(config.cf)
     started = time.monotonic()
     try:
         result = refresh_snapshot(

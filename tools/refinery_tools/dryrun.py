@@ -13,7 +13,7 @@ from typing import TextIO
 
 import orjson
 
-from ..quarantine import Quarantine, QuarantinedRecord
+from refinery.quarantine import Quarantine, QuarantinedRecord
 
 DRY_RUN_MARK = " (dry run: not written)"
 
