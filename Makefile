@@ -11,7 +11,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py layers/refinery/refinery/_record_fastpath.pyx
+$(STAMP): pyproject.toml setup.py layers/refinery/refinery/_record_fastpath.pyx $(wildcard layers/refinery/refinery/*.pxi)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -77,7 +77,7 @@ def test_the_layer_holds_the_package_and_one_extension_for_the_runtime(built_lay
     assert shipped == sorted(str(p.relative_to(source)) for p in source.rglob("*.py"))
     extensions = sorted(p.name for p in package.rglob("*.so"))
     assert extensions == [f"_record_fastpath{RUNTIME_SUFFIX}"]
-    leftovers = [p for p in package.rglob("*") if p.suffix in (".c", ".pyx")]
+    leftovers = [p for p in package.rglob("*") if p.suffix in (".c", ".pyx", ".pxi")]
     assert leftovers == []
     # bytecode for the runtime only: one hash-based .pyc per module (test_lambda_emulation.py checks them)
     pycs = sorted(p.name for p in package.rglob("*.pyc"))
