@@ -38,6 +38,7 @@ import requests
 
 from refinery.metadata.gcpause import gc_paused
 from refinery.metadata.snapshot import AppInfo
+from refinery.retry import ASKED_TOO_LONG, NoRetry, RetryPolicy
 from refinery.retry_after import parse_retry_after
 from refinery.tracing import traced
 
@@ -171,9 +172,11 @@ class CloudControllerClient:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.max_retry_wait = max_retry_wait
+        # a Retry-After over max_retry_wait ends the retries (the refresh runs on a schedule: it tries later)
+        self.retry = RetryPolicy(
+            base=backoff_base, cap=backoff_cap, max_asked=max_retry_wait, cap_server_wait=False
+        )
         self._rng = rng if rng is not None else random.Random()
         self._token: _Token | None = None
         self._lock = threading.Lock()
@@ -527,22 +530,17 @@ class CloudControllerClient:
                     path=_path(url),
                     status=status,
                 ) from cause
-            delay = hint if hint is not None else self._backoff(attempt)
-            if delay > self.max_retry_wait:
+            time_left = None if deadline is None else deadline - self._clock()
+            try:
+                delay = self.retry.wait(attempt, hint, time_left=time_left, rng=self._rng.random)
+            except NoRetry as stop:
+                if stop.reason == ASKED_TOO_LONG:
+                    allowed = self.max_retry_wait
+                    why = f"server asks to wait {stop.wait:.0f}s, more than the {allowed:.0f}s allowed"
+                else:
+                    why = f"a retry in {stop.wait:.1f}s would pass the deadline (attempt {attempt})"
                 raise CloudControllerUnavailable(
-                    f"{where}: {problem}; server asks to wait {delay:.0f}s, more than the"
-                    f" {self.max_retry_wait:.0f}s allowed",
-                    method=method,
-                    path=_path(url),
-                    status=status,
-                ) from cause
-            if deadline is not None and self._clock() + delay > deadline:
-                raise CloudControllerUnavailable(
-                    f"{where}: {problem}; a retry in {delay:.1f}s would pass the deadline"
-                    f" (attempt {attempt})",
-                    method=method,
-                    path=_path(url),
-                    status=status,
+                    f"{where}: {problem}; {why}", method=method, path=_path(url), status=status
                 ) from cause
             log.warning("%s: %s; retry %d/%d in %.2fs", where, problem, attempt, self.max_attempts - 1, delay)
             self._sleep(delay)
@@ -572,10 +570,6 @@ class CloudControllerClient:
             except ValueError:
                 return None
         return None
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return ceiling / 2 + self._rng.random() * ceiling / 2
 
 
 # ------------------------------------------------------------------------------------------ helpers

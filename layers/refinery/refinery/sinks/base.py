@@ -38,7 +38,6 @@ flight.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from ..config import ConfigError
+from ..retry import NoRetry, RetryPolicy
 from ..tracing import traced
 from .refusal import diagnose
 
@@ -197,7 +197,8 @@ class Sink:
         self.timeout = timeout
         self.max_retry_wait = max_retry_wait
         self.sleep = sleep
-        self.base_delay = base_delay
+        # Retry-After above max_retry_wait is shortened to it (INFLUX_MAX_RETRY_WAIT, PROM_MAX_RETRY_WAIT)
+        self.retry = RetryPolicy(base=base_delay, cap=max_retry_wait, cap_server_wait=True)
         self.concurrency = concurrency  # chunks in flight at once; post() must then be thread-safe
         self._pool: ThreadPoolExecutor | None = None  # created on the first concurrent write
 
@@ -377,15 +378,19 @@ class Sink:
             except Retryable as exc:
                 report.errors.append(str(exc))
                 left = deadline.remaining()
-                wait = self._backoff(attempt, exc.retry_after)
-                if exc.retry_after is None:
-                    # Our own schedule: never wait so long that no attempt fits before the deadline (the
-                    # last waits shrink to half the time left, until too little is left to try again).
-                    wait = max(0.0, min(wait, left - min(self.timeout, left / 2)))
-                    if left - wait < 2 * MIN_REQUEST_SECONDS:
-                        raise FlushError(self._gave_up(attempt, started, report, deadline, None)) from exc
-                elif wait >= left - MIN_REQUEST_SECONDS:
-                    raise FlushError(self._gave_up(attempt, started, report, deadline, exc)) from exc
+                try:
+                    # never so long that no attempt fits before the deadline: the last waits shrink to
+                    # half the time left, until too little is left to try again (refinery/retry.py)
+                    wait = self.retry.wait(
+                        attempt,
+                        exc.retry_after,
+                        time_left=left,
+                        needs=2 * MIN_REQUEST_SECONDS,
+                        attempt_timeout=self.timeout,
+                    )
+                except NoRetry as stop:
+                    asked = exc if exc.retry_after is not None else None
+                    raise FlushError(self._gave_up(attempt, started, report, deadline, asked)) from stop
                 report.retries += 1
                 log.warning(
                     "%s: write attempt %d failed: %s; retrying in %.2f s (%.1f s left before the "
@@ -426,12 +431,6 @@ class Sink:
             f"another before the invocation's deadline (FLUSH_TIME_RESERVE={deadline.reserve:g} s is kept "
             "back to report the outcome)"
         )
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_wait)
-        ceiling = min(self.max_retry_wait, self.base_delay * 2 ** min(attempt - 1, 30))  # no float overflow
-        return random.uniform(ceiling / 2, ceiling)
 
 
 def _fail(exc: FlushError, acknowledged: int, report: WriteReport) -> None:
