@@ -174,8 +174,8 @@ class Publisher:
             except KafkaError as exc:
                 self._failed(exc)
             report.seconds = time.monotonic() - started
-        for exc in undelivered:
-            self._failed(exc)
+        for error in undelivered:
+            self._failed(error)
             report.records -= 1
         return report
 
