@@ -108,7 +108,7 @@ class _BoundedSocket:
 
     def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs: Any) -> Any:
         if mode != "rb":
-            return self._sock.makefile(mode, buffering, **kwargs)
+            return self._sock.makefile(mode, buffering, **kwargs)  # type: ignore[call-overload]  # forwarded
         raw = socket.SocketIO(self, "rb")  # type: ignore[arg-type]  # reads through self.recv_into
         self._sock._io_refs += 1  # type: ignore[attr-defined]  # as socket.makefile does; SocketIO.close undoes it
         return io.BufferedReader(raw, io.DEFAULT_BUFFER_SIZE if buffering in (None, -1, 0) else buffering)
@@ -117,13 +117,13 @@ class _BoundedSocket:
 class _Connection(HTTPConnection):
     def connect(self) -> None:
         super().connect()
-        self.sock = _BoundedSocket(self.sock)  # type: ignore[assignment]
+        self.sock = _BoundedSocket(self.sock)
 
 
 class _TLSConnection(HTTPSConnection):
     def connect(self) -> None:
         super().connect()
-        self.sock = _BoundedSocket(self.sock)  # type: ignore[assignment]
+        self.sock = _BoundedSocket(self.sock)
 
 
 class _Pool(HTTPConnectionPool):
