@@ -15,9 +15,15 @@ if ! command -v gcc >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; the
     missing+=(gcc)
     packages+=(gcc libc6-dev binutils)
 fi
+# `sam local invoke` in the suite (tests/integration/test_sam_local.py) needs a Docker engine: one that
+# answers, or dockerd (Debian's docker.io), which the test starts on a socket of its own and stops.
+if ! command -v dockerd >/dev/null 2>&1 && ! timeout 20 docker info >/dev/null 2>&1; then
+    missing+=(dockerd)
+    packages+=(docker.io)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-servers: influxd, victoria-metrics, prometheus and gcc already installed"
+    echo "install-test-servers: influxd, victoria-metrics, prometheus, gcc and Docker already installed"
     exit 0
 fi
 echo "install-test-servers: missing ${missing[*]}; installing Debian packages ${packages[*]}"
@@ -46,7 +52,9 @@ if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
     exit 1
 fi
 
-for bin in influxd victoria-metrics prometheus gcc objdump; do
+needed=(influxd victoria-metrics prometheus gcc objdump)
+[[ " ${missing[*]} " == *" dockerd "* ]] && needed+=(dockerd)
+for bin in "${needed[@]}"; do
     if ! command -v "$bin" >/dev/null 2>&1; then
         echo "install-test-servers: $bin still not on PATH after installing" >&2
         exit 1

@@ -805,7 +805,9 @@ def load_config(
         if setting.secret:
             continue
         raw = env.get(setting.name)
-        if raw is None or (raw == "" and setting.default is not None):
+        # empty is unset: `sam local` passes a template variable whose `!If` would drop it in AWS
+        # (`!Ref AWS::NoValue`) as "" (CF_UAA_URL, PROM_REMOTE_WRITE_URL, RULES_KEY, ...)
+        if raw is None or raw == "":
             raw = setting.default
         if raw is None:
             values[setting.name] = None
