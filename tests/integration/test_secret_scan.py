@@ -8,8 +8,11 @@ function run in fresh processes through success and failure paths (credentials r
 servers down, configuration errors, a missing secret, debug log level with the root logger at DEBUG
 as Lambda's application log level sets it, Powertools' own debug output), and everything they print
 (stdout, stderr, every log record and EMF document, tracebacks, the result) is searched for the
-sentinel and for the Basic-auth encodings that carry it. A control run with botocore's body logger
-left at DEBUG shows the search finds a real leak.
+sentinel and for the Basic-auth encodings that carry it. The AWS requests are refinery's own
+(``refinery.awsclient``, which logs no body) where the credentials are in the environment, as in
+Lambda, and botocore's where they are not: one run at DEBUG goes through botocore (credentials from a
+profile), and a control run with botocore's body logger left at DEBUG shows the search finds a real
+leak.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -373,6 +377,19 @@ SCENARIOS = [
     "refresh at DEBUG, secret refused",
 ]
 CONTROL = "control: botocore's body logger at DEBUG"
+BOTOCORE = "enricher at DEBUG, secrets by reference, through botocore (a profile's credentials)"
+
+
+def through_botocore(env: dict[str, str], root: Path) -> dict[str, str]:
+    """``env`` with the credentials in a profile, not the environment: refinery.aws uses botocore."""
+    credentials = root / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    return env | {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_CONFIG_FILE": str(root / "no-config"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -384,12 +401,10 @@ def runs(
     for name in SCENARIOS:
         which, env, _, _ = scenario(name, world)
         jobs[name] = (which, env)
-    jobs[CONTROL] = (
-        "enricher",
-        scenario("enricher at DEBUG, secrets by reference", world)[1]
-        | {"CHILD_UNPROTECT": "botocore.parsers"},
-    )
     root = tmp_path_factory.mktemp("secret-scan")
+    debug = through_botocore(scenario("enricher at DEBUG, secrets by reference", world)[1], root)
+    jobs[BOTOCORE] = ("enricher", debug)
+    jobs[CONTROL] = ("enricher", debug | {"CHILD_UNPROTECT": "botocore.parsers"})
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
             name: pool.submit(run_handler, which, world.event, env, root / f"run-{i}")
@@ -411,6 +426,15 @@ def test_the_sentinel_secret_never_appears_in_what_the_functions_print(name: str
         )
 
 
+def test_through_botocore_at_debug_the_sentinel_never_appears(runs) -> None:
+    done = runs[BOTOCORE]
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:]
+    assert "DEBUG:botocore" in printed and '"message":"batch done"' in printed
+    for what, text in forbidden().items():
+        assert text not in printed, f"{what} leaked"
+
+
 def test_the_scan_finds_a_real_leak(runs) -> None:
     """Without the protection, botocore logs the Secrets Manager/SSM answers, secret included."""
     done = runs[CONTROL]
@@ -419,9 +443,10 @@ def test_the_scan_finds_a_real_leak(runs) -> None:
 
 
 def test_the_debug_runs_really_log_at_debug(runs) -> None:
-    printed = runs["enricher at DEBUG, secrets by reference"].stderr
-    assert "DEBUG:botocore" in printed  # the root logger prints library debug records
-    assert "GetSecretValue" in printed or "GetParameter" in printed
+    done = runs["enricher at DEBUG, secrets by reference"]
+    assert "DEBUG:urllib3" in done.stderr  # the root logger prints library debug records
+    printed = done.stdout + done.stderr  # refinery's own AWS requests (refinery.awsclient), at DEBUG
+    assert "Secrets Manager GetSecretValue" in printed and "SSM GetParameter" in printed
 
 
 @pytest.mark.parametrize(

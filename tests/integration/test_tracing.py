@@ -166,8 +166,9 @@ def test_active_tracing_sends_the_named_subsegments(setup, tmp_path: Path) -> No
     ):
         assert name in names, (name, sorted(set(names)))
     assert names.count("## handler") == 2  # the enricher's and the refresh's
-    assert "s3" in names  # botocore patched: the S3 calls themselves
-    assert "127.0.0.1" in names  # requests patched: InfluxDB and Cloud Controller requests
+    # the S3 calls (refinery.awsclient's, signed by refinery), each with its HTTP request under it
+    assert {"## S3 GetObject", "## S3 PutObject"} <= set(names), sorted(set(names))
+    assert "127.0.0.1" in names  # requests patched: S3, InfluxDB and Cloud Controller requests
     assert {doc["trace_id"] for doc in daemon.documents} == {root}
     handler = next(d for d in daemon.documents if d["name"] == "## handler")
     assert handler["annotations"]["ColdStart"] is True and handler["annotations"]["Service"] == "refinery"

@@ -1,15 +1,17 @@
-"""AWS clients of both functions: one botocore session per container, each client made on first use.
+"""AWS clients of both functions: made on first use, shared by the container.
 
-The functions call S3, Secrets Manager and SSM through botocore, which the Lambda runtime provides
-(the layers do not ship it), and not through boto3: importing boto3 and its S3 transfer manager, and
-creating clients through sessions of their own (boto3's default one, Powertools Parameters' own),
-cost the enricher's first invocation ~0.4 s at 512 MB (``refinery.devtools.coldstart``). All clients
-share one botocore session, so its loaders (endpoints, partitions, service models) and its
-credentials are read once; a client is created on first use, under a lock, and reused while the
-container is warm (botocore clients are thread-safe).
+In Lambda, where the credentials and the region are in the environment, a client is one of
+:mod:`refinery.awsclient`'s: requests signed by refinery itself (:mod:`refinery.sigv4`) over
+``requests``, with no botocore import at all — importing botocore and creating its clients cost more
+than half of the enricher's cold start at 512 MB (``refinery_tools.dev.coldstart``). Elsewhere (a
+developer's profile or SSO, a container credentials endpoint as SnapStart's, FIPS or dual-stack
+endpoints: :func:`refinery.awsclient.unsupported`) it is a botocore client of one botocore session
+per container, which the Lambda runtime provides (the layers do not ship it), never boto3. Both kinds
+take the same calls, answer the same keys, and their errors are told apart by
+:func:`refinery.awsclient.error_code` and :func:`refinery.awsclient.is_aws_failure`.
 
-The session belongs to the ``AWS_*`` environment it was made in (region, credentials, endpoints):
-if that changes — tests and local runs do it, Lambda never does — the next call makes a new one.
+A client belongs to the ``AWS_*`` environment it was made in (region, credentials, endpoints): if
+that changes — tests and local runs do it, Lambda never does — the next call makes a new one.
 """
 
 from __future__ import annotations
@@ -35,38 +37,74 @@ def _environment() -> tuple[tuple[str, str], ...]:
     )
 
 
+def _current(environment: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """The clients made in ``environment`` (all forgotten when it changed); call under the lock."""
+    if _state["environment"] != environment:
+        _state.update(environment=environment, session=None, clients={})
+    clients: dict[str, Any] = _state["clients"]
+    return clients
+
+
 def session() -> Any:
     """The container's botocore session (made on first use, and again if ``AWS_*`` changed)."""
     environment = _environment()
     with _lock:
-        if _state["session"] is None or _state["environment"] != environment:
+        _current(environment)
+        if _state["session"] is None:
             import botocore.session
 
-            _state.update(environment=environment, session=botocore.session.get_session(), clients={})
+            from . import tracing
+
+            _state["session"] = botocore.session.get_session()
+            tracing.patch_botocore()  # its calls become subsegments when tracing is on
         return _state["session"]
 
 
-def client(service: str, **config: Any) -> Any:
-    """The container's client for ``service`` with botocore ``Config(**config)`` (made on first use)."""
-    current = session()
-    key = (service, json.dumps(config, sort_keys=True))
-    with _lock:
-        clients: dict[tuple[str, str], Any] = _state["clients"]
-        made = clients.get(key) if _state["session"] is current else None
-        if made is None:
-            from botocore.config import Config
+def signed_here() -> bool:
+    """Whether clients are :mod:`refinery.awsclient`'s (the environment has all they need)."""
+    from . import awsclient
 
-            made = current.create_client(service, config=Config(**config) if config else None)
-            if _state["session"] is current:
-                clients[key] = made
+    return awsclient.unsupported(os.environ) is None
+
+
+def client(service: str, **config: Any) -> Any:
+    """The container's client for ``service`` (made on first use) with botocore ``Config(**config)``'s
+    settings: ``connect_timeout``, ``read_timeout`` and ``retries`` (``total_max_attempts`` or
+    ``max_attempts``) are what a :mod:`refinery.awsclient` client takes."""
+    key = f"{service} {json.dumps(config, sort_keys=True)}"
+    environment = _environment()
+    with _lock:
+        made = _current(environment).get(key)
+    if made is not None:
         return made
+    if signed_here():
+        from . import awsclient
+
+        retries = config.get("retries") or {}
+        attempts = retries.get("total_max_attempts") or 1 + retries.get("max_attempts", 2)
+        made = awsclient.client_class(service)(
+            connect_timeout=float(config.get("connect_timeout", awsclient.CONNECT_TIMEOUT)),
+            read_timeout=float(config.get("read_timeout", awsclient.READ_TIMEOUT)),
+            max_attempts=int(attempts),
+        )
+    else:
+        from botocore.config import Config
+
+        made = session().create_client(service, config=Config(**config) if config else None)
+    with _lock:
+        return _current(environment).setdefault(key, made)
 
 
 def warm(*services: str) -> None:
-    """Load what creating clients for ``services`` loads (botocore's modules, the endpoint data, the
-    service models: the loader caches them), without resolving credentials or connecting: clients
-    made later, with the credentials of their time, find it all loaded. SnapStart runs this before
-    the snapshot (:mod:`refinery.snapstart`)."""
+    """Load what creating clients for ``services`` loads, without resolving credentials or connecting:
+    clients made later, with the credentials of their time, find it all loaded. SnapStart runs this
+    before the snapshot (:mod:`refinery.snapstart`), where Lambda gives the credentials through its
+    container credentials endpoint, not the environment: botocore's clients are warmed too then
+    (its modules, the endpoint data, the service models: the loader caches them)."""
+    from . import awsclient  # noqa: F401  (imported, nothing made)
+
+    if signed_here():
+        return
     current = session()
     for service in services:
         throwaway = current.create_client(service, aws_access_key_id="warm", aws_secret_access_key="warm")

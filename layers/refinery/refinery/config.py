@@ -6,8 +6,9 @@ variable. This table is also the source of ``refinery config`` and of the README
 
 Secrets (``INFLUX_TOKEN``, ``INFLUX_PASSWORD``, ``CF_CLIENT_SECRET``) may be given directly (local
 runs) or by reference: ``<NAME>_SECRET`` names a Secrets Manager secret (name or ARN) and
-``<NAME>_PARAMETER`` an SSM SecureString parameter. References are resolved once per container, with
-botocore (:mod:`refinery.aws`), and the values never appear in logs or error messages.
+``<NAME>_PARAMETER`` an SSM SecureString parameter. References are resolved once per container
+(:mod:`refinery.aws`: requests signed by refinery where the environment holds the credentials, as in
+Lambda, else botocore), and the values never appear in logs or error messages.
 """
 
 from __future__ import annotations
@@ -711,7 +712,7 @@ SecretResolver = Callable[[str, str, str], str]
 
 def resolve_secret_reference(setting: str, kind: str, reference: str) -> str:
     """Fetch a secret by reference: Secrets Manager's ``GetSecretValue`` or SSM's ``GetParameter`` (with
-    decryption), through the container's botocore clients (:mod:`refinery.aws`; no boto3 import)."""
+    decryption), through the container's clients (:mod:`refinery.aws`: signed by refinery in Lambda)."""
     from . import aws
 
     return aws.secret_value(reference) if kind == "SECRET" else aws.parameter_value(reference)
@@ -726,8 +727,13 @@ def _read_secret(env: Mapping[str, str], name: str, resolver: SecretResolver, pr
             try:
                 return resolver(name, kind, reference)
             except Exception as exc:
-                # The reference (a name or ARN) is not secret; the value never reaches this message.
-                problems.append(f"{name}_{kind}: cannot read {reference!r}: {type(exc).__name__}")
+                # The reference (a name or ARN) is not secret; the value never reaches this message,
+                # nor the service's text: only the error's type and AWS's error code.
+                from .awsclient import error_code
+
+                code = error_code(exc)
+                what = f"{type(exc).__name__} {code}" if code else type(exc).__name__
+                problems.append(f"{name}_{kind}: cannot read {reference!r}: {what}")
                 return ""
     return SETTINGS_BY_NAME[name].default or ""
 

@@ -1,15 +1,16 @@
-"""The S3 client, created on first use (through :mod:`refinery.aws`: botocore, no boto3), every call bounded.
+"""The S3 client, created on first use (through :mod:`refinery.aws`), every call bounded.
 
-botocore's timeouts bound each socket operation and it retries on its own: an S3 that accepts
-connections but never answers held the enricher far past its Lambda timeout. Every call made through
-:attr:`LazyS3Client.client` therefore
+The client is :mod:`refinery.awsclient`'s where the environment holds the credentials (Lambda), else
+botocore's. Either has timeouts for each socket operation and retries on its own, but an S3 that
+accepts connections and answers slowly, or a run of retries, could still hold the enricher past its
+Lambda timeout. Every call made through :attr:`LazyS3Client.client` therefore
 
-* has botocore timeouts (:data:`CONNECT_TIMEOUT`, :data:`READ_TIMEOUT`) and at most
+* has the timeouts :data:`CONNECT_TIMEOUT` and :data:`READ_TIMEOUT` and at most
   :data:`MAX_ATTEMPTS` attempts;
 * runs in a worker thread that the caller waits for at most the call's *limit*: the smallest of
   :data:`CALL_LIMIT`, the time the invocation has left (``deadline``, less :data:`DEADLINE_MARGIN`)
   and any :func:`time_limit` the caller set (the snapshot check sets a small one). Past it the call
-  raises :class:`S3Timeout`; the abandoned worker ends on its own within botocore's timeouts, and
+  raises :class:`S3Timeout`; the abandoned worker ends on its own within the client's timeouts, and
   its result is dropped;
 * for ``get_object``, reads the body in that thread too (at most :data:`MAX_OBJECT_BYTES`), so the
   returned ``Body`` is already in memory.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-#: botocore's per-operation timeouts and attempts (its own retries) for every S3 call.
+#: The client's timeouts (each connect, each read) and attempts (its own retries) for every S3 call.
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
 MAX_ATTEMPTS = 2
@@ -62,8 +63,7 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def make_client() -> Any:
-    """An S3 client with botocore's standard settings and endpoint, and the bounded timeouts and attempts
-    (the container's one, shared: :mod:`refinery.aws`)."""
+    """An S3 client with the bounded timeouts and attempts (the container's, shared: :mod:`refinery.aws`)."""
     from . import aws
 
     return aws.client(
@@ -75,7 +75,7 @@ def make_client() -> Any:
 
 
 class _Body:
-    """A ``get_object`` body already read (what callers use of botocore's StreamingBody)."""
+    """A ``get_object`` body already read (what callers use of a streaming body: ``read``, ``close``)."""
 
     def __init__(self, data: bytes):
         self._stream = io.BytesIO(data)
@@ -121,14 +121,6 @@ class BoundedClient:
     def __init__(self, client: Any, limit: Callable[[], float]):
         self._client = client
         self._limit = limit
-
-    @property
-    def exceptions(self) -> Any:
-        return self._client.exceptions
-
-    @property
-    def meta(self) -> Any:
-        return self._client.meta
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)

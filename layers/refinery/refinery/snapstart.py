@@ -6,11 +6,15 @@ hooks registered through ``snapshot_restore_py`` (which the managed runtime incl
 snapshot, and after each restore. Outside SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE`` other than
 ``snap-start``) nothing is registered.
 
-Before the snapshot: the modules the first invocation imports, and the AWS clients' botocore data
-(endpoints, service models; :func:`refinery.aws.warm`). Nothing that a restored environment must not
-share or reuse is made before it: no credentials are resolved, no connection is opened, no secret is
-read and no metadata snapshot is loaded (each environment reads its own, fresh, at its first
-invocation). So after the restore there is nothing to refresh, and no after-restore hook.
+Before the snapshot: the modules the first invocation imports, and what the AWS clients need
+(:func:`refinery.aws.warm`). With SnapStart, Lambda gives the function its credentials through the
+container credentials endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI``), not ``AWS_ACCESS_KEY_ID`` and
+friends, so refinery's own signed requests (:mod:`refinery.awsclient`) cannot serve and botocore's
+clients do: their botocore data (endpoints, service models) is loaded before the snapshot. Nothing
+that a restored environment must not share or reuse is made before it: no credentials are resolved,
+no connection is opened, no secret is read and no metadata snapshot is loaded (each environment reads
+its own, fresh, at its first invocation). So after the restore there is nothing to refresh, and no
+after-restore hook.
 """
 
 from __future__ import annotations

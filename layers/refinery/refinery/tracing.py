@@ -9,13 +9,18 @@ imports ``aws_xray_sdk.core`` even when tracing is disabled (about 40 ms in Lamb
 elsewhere, where the SDK's sampler loads botocore), and the enricher's cold start is a benchmark
 target. When tracing is off, :func:`subsegment` and :func:`traced` cost one flag check per call and
 nothing is ever imported. When it is on, the Tracer is created at the first traced call (the
-handler), with botocore and requests patched, so S3, Secrets Manager/SSM, Cloud Controller, UAA and
-InfluxDB v1 requests appear as subsegments under the named ones opened here:
+handler), with requests patched, so the S3, Secrets Manager and SSM requests (signed by refinery over
+requests: :mod:`refinery.awsclient`), Cloud Controller, UAA and InfluxDB v1 requests appear as
+subsegments under the named ones opened here; botocore is patched only if it is used
+(:func:`patch_botocore`: where the environment lacks credentials, :mod:`refinery.aws`), as importing
+it for the patch would cost what not using it saves:
 
 * ``## handler`` (Powertools' ``capture_lambda_handler``: cold start and service annotations),
 * ``## sink write`` around a sink's write of a batch (chunks, splits, retries),
 * ``## snapshot fetch`` and ``## quarantine write`` around the S3 calls,
-* ``## cc list apps``, ``## cc get app`` and ``## uaa token`` around the Cloud Controller calls.
+* ``## cc list apps``, ``## cc get app`` and ``## uaa token`` around the Cloud Controller calls,
+* ``## S3 GetObject``, ``## Secrets Manager GetSecretValue``, … around each AWS operation made by
+  :mod:`refinery.awsclient` (its attempts are the HTTP subsegments under it).
 
 Annotations are few and never hold secrets or per-record data.
 """
@@ -31,8 +36,8 @@ from typing import Any, ParamSpec, TypeVar
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Libraries whose calls become subsegments when tracing is on.
-PATCH_MODULES = ("botocore", "requests")
+#: Libraries whose calls become subsegments when tracing is on (and botocore once it is used).
+PATCH_MODULES = ("requests",)
 _TRUE = ("1", "y", "yes", "t", "true", "on")
 
 _enabled: bool | None = None
@@ -60,6 +65,14 @@ def tracer() -> Any:
         created.patch(PATCH_MODULES)
         _tracer = created
     return _tracer
+
+
+def patch_botocore() -> None:
+    """Record botocore's calls as subsegments, when tracing is on (:mod:`refinery.aws` calls this
+    when it makes its botocore session)."""
+    active = tracer() if tracing_enabled() else None
+    if active is not None:
+        active.patch(("botocore",))
 
 
 def reset_for_tests(enabled: bool | None = None) -> None:

@@ -16,16 +16,19 @@ Each cold start is a fresh process in an emulation of the Lambda execution envir
   ``/opt/python/lib/python3.12/site-packages``, ``/opt/python``, the runtime's ``site-packages``,
   ``/var/runtime``, the standard library;
 * the **environment** Lambda sets (``LAMBDA_TASK_ROOT``, ``_HANDLER``, ``AWS_EXECUTION_ENV``,
-  ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, ``LD_LIBRARY_PATH``, ``TZ``, credentials, …) and the
-  function's variables as ``template.yaml`` resolves them (intrinsics evaluated for the emulation's
-  parameters), nothing else but ``AWS_ENDPOINT_URL_S3``/``_SECRETS_MANAGER`` pointing at moto;
+  ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, ``LD_LIBRARY_PATH``, ``TZ``, the credentials — in
+  ``AWS_ACCESS_KEY_ID`` and friends, or with SnapStart, as Lambda does it there, from a container
+  credentials endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI``) —, …) and the function's variables
+  as ``template.yaml`` resolves them (intrinsics evaluated for the emulation's parameters), nothing
+  else but ``AWS_ENDPOINT_URL_S3``/``_SECRETS_MANAGER`` pointing at moto;
 * a **non-root user** (``nobody``), and a **cgroup** (v1) holding the memory to the function's size
   (``memory.limit_in_bytes``) and the CPU to its share, ``size / 1769`` of a core
   (``cpu.cfs_quota_us`` over a 100 ms period);
 * the **Runtime API** served by this module (``/runtime/invocation/next``, ``/response``,
-  ``/error``, ``/init/error``, and SnapStart's ``/runtime/restore/next``), so the real runtime client
-  drives the handler and the phases are timed as Lambda times them: **INIT** from the exec of the
-  runtime's Python to its first ``next``; an **invoke** from handing the event over to the response.
+  ``/error``, ``/init/error``, SnapStart's ``/runtime/restore/next`` and its credentials), so the
+  real runtime client drives the handler and the phases are timed as Lambda times them: **INIT**
+  from the exec of the runtime's Python to its first ``next``; an **invoke** from handing the event
+  over to the response.
 
 S3 and Secrets Manager are moto's server (a process of its own, on loopback), the InfluxDB is a real
 1.x (:mod:`refinery_tools.dev.servers`), the Cloud Controller is :mod:`refinery_tools.dev.fake_cc` (in a
@@ -80,6 +83,14 @@ RUNTIME_CLIENT = ("awslambdaric==3.1.1", "snapshot-restore-py==1.0.0")
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 API = "/2018-06-01/runtime"
+#: The function's credentials: in the environment, or (SnapStart) from the container credentials
+#: endpoint, which the Runtime API's server serves here at CREDENTIALS_PATH.
+CREDENTIALS = {
+    "AccessKeyId": "ASIACOLDSTARTEMULATION",
+    "SecretAccessKey": "coldstart-emulation-secret-key",
+    "Token": "coldstart-emulation-session-token",
+}
+CREDENTIALS_PATH = "/2021-04-23/credentials"
 FUNCTIONS = ("enricher", "refresh", "empty")
 #: Apps of the foundation: the fake Cloud Controller lists them, the enricher's snapshot holds them.
 FOUNDATION_APPS = 1_000
@@ -542,6 +553,7 @@ class RuntimeApi:
         self.restore_gate = threading.Event()
         self.snapstart = snapstart
         self.changed = threading.Condition()
+        self.credentials_token = uuid.uuid4().hex
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -588,6 +600,13 @@ class RuntimeApi:
                     with api.changed:
                         api.timeline.restored = time.monotonic()
                     self._reply(200)
+                elif self.path == CREDENTIALS_PATH:
+                    if self.headers.get("Authorization") != api.credentials_token:
+                        self._reply(403)
+                        return
+                    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+                    body = {"Expiration": expires, **CREDENTIALS}
+                    self._reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
                 else:
                     self._reply(404)
 
@@ -849,14 +868,19 @@ class Emulation:
             "AWS_LAMBDA_RUNTIME_API": api.address,
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "ASIACOLDSTARTEMULATION",
-            "AWS_SECRET_ACCESS_KEY": "coldstart-emulation-secret-key",
-            "AWS_SESSION_TOKEN": "coldstart-emulation-session-token",
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": CREDENTIALS["Token"],
             "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
             "AWS_XRAY_DAEMON_ADDRESS": xray,
             "_AWS_XRAY_DAEMON_ADDRESS": xray.split(":")[0],
             "_AWS_XRAY_DAEMON_PORT": xray.split(":")[1],
         }
+        if snapstart:  # SnapStart's credentials come from the container credentials endpoint
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+                del env[name]
+            env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://{api.address}{CREDENTIALS_PATH}"
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = api.credentials_token
         env.update(fn.env)
         # not Lambda's: where moto serves S3 and Secrets Manager
         env["AWS_ENDPOINT_URL_S3"] = self.servers.moto_url

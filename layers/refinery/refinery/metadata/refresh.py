@@ -26,8 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from botocore.exceptions import ClientError
-
+from refinery.awsclient import error_code
 from refinery.metadata.cc_client import NEEDED_SCOPES, ListStats
 from refinery.metadata.gcpause import gc_paused
 from refinery.metadata.snapshot import (
@@ -210,8 +209,10 @@ def _tag_checked(s3_client: Any, bucket: str, key: str, checked_at: str, notes: 
         s3_client.put_object_tagging(
             Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": CHECKED_AT_TAG, "Value": checked_at}]}
         )
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
+    except Exception as exc:  # the client's failures: refinery.awsclient's or botocore's
+        code = error_code(exc)
+        if code is None:
+            raise
         log.warning("cannot tag s3://%s/%s (%s); writing a new version instead", bucket, key, code)
         notes.append(f"content unchanged, but tagging failed ({code}): wrote a new version")
         return False
@@ -223,9 +224,8 @@ def _read_previous(s3_client: Any, bucket: str, key: str, location: str, notes: 
     corrupt). A corrupt snapshot (any invalid entry) is noted, not fatal."""
     try:
         response = s3_client.get_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "404"):
+    except Exception as exc:  # the client's failures: refinery.awsclient's or botocore's
+        if error_code(exc) in ("NoSuchKey", "404"):
             notes.append("no previous snapshot")
             return _Previous(existed=False)
         raise

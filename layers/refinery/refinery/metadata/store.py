@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
+from ..awsclient import error_code, is_aws_failure
 from ..s3 import LazyS3Client, ObjectTooLarge, S3Timeout, time_limit
 from ..tracing import traced
 from ..transform import AppTags
@@ -65,33 +66,34 @@ class S3SnapshotSource(LazyS3Client, SnapshotSource):
 
     @traced("## snapshot fetch")
     def fetch(self, etag: str | None) -> tuple[bytes | None, str | None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         kwargs = {"Bucket": self.bucket, "Key": self.key}
         if etag:
             kwargs["IfNoneMatch"] = etag
         try:
             response = self.client.get_object(**kwargs)
             return response["Body"].read(), response.get("ETag")
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("304", "NotModified") or status == 304:
-                return None, etag
-            raise SnapshotUnavailable(f"cannot read {self.description}: {code or status}") from exc
-        except BotoCoreError as exc:
-            raise SnapshotUnavailable(f"cannot read {self.description}: {exc}") from exc
         except (S3Timeout, ObjectTooLarge) as exc:
             raise SnapshotUnavailable(f"cannot read {self.description}: {exc}") from exc
+        except Exception as exc:  # the client's failures: refinery.awsclient's or botocore's
+            if not is_aws_failure(exc):
+                raise
+            code = error_code(exc)
+            if code is None:  # no answer
+                raise SnapshotUnavailable(f"cannot read {self.description}: {exc}") from exc
+            if code in ("304", "NotModified"):
+                return None, etag
+            raise SnapshotUnavailable(f"cannot read {self.description}: {code}") from exc
 
     def checked_at(self) -> str | None:
         """The object's :data:`~.snapshot.CHECKED_AT_TAG` tag (None when absent or unreadable)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             tags = self.client.get_object_tagging(Bucket=self.bucket, Key=self.key).get("TagSet", [])
-        except (BotoCoreError, ClientError, S3Timeout):
+        except S3Timeout:
             return None
+        except Exception as exc:
+            if is_aws_failure(exc):
+                return None
+            raise
         return next((t.get("Value") for t in tags if t.get("Key") == CHECKED_AT_TAG), None)
 
 
