@@ -226,8 +226,10 @@ def _aws_error(exc: BaseException) -> str:
             return _aws_error(cause)
     name = type(exc).__name__
     text = str(exc)
-    # botocore's connection and credential errors name the endpoint or what is missing, not a secret.
-    return f"{name}: {text}" if type(exc).__module__.startswith("botocore") and text else name
+    # botocore's and refinery's own (refinery.awsclient) connection and credential errors name the
+    # endpoint or what is missing, not a secret.
+    trusted = type(exc).__module__.startswith(("botocore", "refinery.awsclient"))
+    return f"{name}: {text}" if trusted and text else name
 
 
 def check_settings(env: Mapping[str, str], report: Report, resolver: RecordingResolver) -> Config | None:
