@@ -495,7 +495,9 @@ class EventSourceMapping:
                 )
                 bases.update({(p.topic, p.partition): o for p, o in origin.items()})
             highs = {tp: self.consumer.highwater(part) for tp, part in parts.items()}
-            unknown = {tp: base for tp, high in highs.items() if high is None and (base := bases[tp]) is not None}
+            unknown = {
+                tp: base for tp, high in highs.items() if high is None and (base := bases[tp]) is not None
+            }
             highs.update(self._probe_highwaters(unknown) if unknown else {})
         except Exception:  # the broker went away at the end: the estimate is better than nothing
             return self._lag()
