@@ -223,6 +223,7 @@ def test_alarms_cover_errors_lag_quarantine_snapshot_age_and_refresh_failures() 
         ("AWS/Lambda", "Errors"),
         ("AWS/Lambda", "OffsetLag"),
         ("custom", "RecordsQuarantined"),
+        ("custom", "Quarantined.destination_unavailable"),  # tenant routing (sinks/routed.py)
         ("custom", "SnapshotAge"),
         ("custom", "RefreshFailures"),
     }

@@ -53,6 +53,7 @@ GROUP_TITLES = {
     "quarantine": "Quarantine",
     "prometheus": "Prometheus remote write",
     "rules": "Recording rules",
+    "routing": "Tenant routing",
     "filters": "Filters and extra tags",
 }
 SECRET_KINDS = ("SECRET", "PARAMETER")
@@ -243,6 +244,7 @@ def check_settings(env: Mapping[str, str], report: Report, resolver: RecordingRe
     try:
         loaded = load_config(env, resolver=resolver)
         _check_rules_file(loaded)
+        _check_routes_file(loaded)
         config = loaded
     except ConfigError as exc:
         report.invalid = True
@@ -269,6 +271,22 @@ def _check_rules_file(config: Config) -> None:
             parse_rules(handle.read(), config.rules_file)
         except RulesError as exc:
             raise ConfigError(exc.problems) from None
+
+
+def _check_routes_file(config: Config) -> None:
+    """The tenant routing table bundled (ROUTES_FILE), validated as the enricher would load it."""
+    if not config.routes_file:  # a table in S3 is read by the connectivity stage
+        return
+    from refinery.routing import RoutesError, routing_book
+
+    book = routing_book(config)
+    if book is None:
+        return
+    with open(config.routes_file, "rb") as handle:
+        try:
+            book.parse(handle.read(), config.routes_file)
+        except RoutesError as exc:
+            raise ConfigError([f"ROUTES_FILE: {problem}" for problem in exc.problems]) from None
 
 
 def check_secrets(report: Report, resolver: RecordingResolver) -> None:
@@ -610,6 +628,31 @@ def check_buckets(config: Config, report: Report, client_factory: Callable[[], A
             section.add(OK, f"rules file s3://{bucket}/{config.rules_key} exists")
         except Exception as exc:
             section.add(FAIL, f"rules file s3://{bucket}/{config.rules_key}: {_s3_problem(exc)}")
+    if config.routes_key:
+        _check_routes_object(config, section, client_factory)
+
+
+def _check_routes_object(config: Config, section: Section, client_factory: Callable[[], Any]) -> None:
+    """The routing table in S3 (ROUTES_KEY in METADATA_BUCKET): readable and valid."""
+    from refinery.routing import RoutesError, routing_book
+
+    book = routing_book(config)
+    location = f"s3://{config.metadata_bucket}/{config.routes_key}"
+    if book is None:
+        return
+    try:
+        answer = client_factory().get_object(Bucket=config.metadata_bucket, Key=config.routes_key)
+        body = answer["Body"].read()
+    except Exception as exc:
+        section.add(FAIL, f"routing table {location}: {_s3_problem(exc)}")
+        return
+    try:
+        table = book.parse(body, location)
+    except RoutesError as exc:
+        for problem in exc.problems:
+            section.add(FAIL, f"ROUTES_KEY: {problem}")
+        return
+    section.add(OK, f"routing table {location}: {len(table.routes)} route(s), default {table.default}")
 
 
 # ------------------------------------------------------------------------------- Cloud Controller

@@ -2,7 +2,8 @@
 
 For each record of an event file, or of a topic read live, it shows the record's partition and
 offset, its app GUID, the metadata tier that named the app, and its outcome: the line it is written
-as, or why it is dropped or quarantined. It writes nothing, quarantines nothing and commits nothing,
+as (with tenant routing, and where: the database or bucket and the route that chose it), or why it is
+dropped or quarantined. It writes nothing, quarantines nothing and commits nothing,
 and never joins a consumer group: run it beside ``refinery consume`` or the real function.
 
 The outcome is the pipeline's own: each record goes through :func:`refinery.pipeline.transform_batch`
@@ -54,6 +55,7 @@ class Tapped:
     reason: str | None = None
     detail: str | None = None
     same_point_as: str | None = None  # an earlier record of the batch gave the same point (a re-send)
+    route: str | None = None  # with tenant routing (ROUTES_FILE / ROUTES_KEY): where the point goes
 
     @property
     def position(self) -> str:
@@ -109,11 +111,12 @@ def guid_of(record: dict[str, Any]) -> str | None:
 class Tap:
     """Runs records through the pipeline's transform one at a time, with the enricher's settings."""
 
-    def __init__(self, config: Any, store: Any, now: Any = time.time):
+    def __init__(self, config: Any, store: Any, now: Any = time.time, router: Any = None):
         from refinery.point_stage import PointStage
 
         self.config = config
         self.store = store
+        self.router = router  # tenant routing (refinery.routing.Router), or None
         self.now = now
         # Filters and extra tags change or drop a point; rules aggregate batches (not shown here).
         self.stage = PointStage(config.point_filter, None) if config.point_filter is not None else None
@@ -123,6 +126,8 @@ class Tap:
     def begin_batch(self) -> None:
         """One invocation: the snapshot checked if due, the live-lookup budget and memo reset."""
         self.store.begin_invocation()
+        if self.router is not None:
+            self.router.begin_invocation()
         self._tier_of = {}
         self._points = {}
 
@@ -144,6 +149,11 @@ class Tap:
         tapped = Tapped(key, record.get("offset"), guid, tier, "written")
         if done.lines:
             tapped.line = done.lines[0]
+            if self.router is not None:
+                destination, route = self.router.route_of(tapped.line)
+                tapped.route = (
+                    f"{destination}, route {route!r}" if route != "default" else f"{destination} (default)"
+                )
             first = self._points.setdefault(tapped.line, tapped.position)
             if first != tapped.position:
                 tapped.same_point_as = first
@@ -224,6 +234,8 @@ class Printer:
             what = tapped.line or ""
             if tapped.same_point_as:
                 what += f"   (the same point as {tapped.same_point_as}: a re-send, stored once)"
+            if tapped.route:
+                what += f"   -> {tapped.route}"
         else:
             what = tapped.reason or ""
             if tapped.detail:
@@ -380,7 +392,7 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "refinery tap: recording rules aggregate whole batches; shown: the points before them",
             file=sys.stderr,
         )
-    tap = Tap(config, runtime.store)
+    tap = Tap(config, runtime.store, router=runtime.router)
     filters = Filters(
         apps={a.lower() for a in args.app or ()},
         outcomes=set(args.outcome or ()),

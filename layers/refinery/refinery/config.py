@@ -243,6 +243,23 @@ def _str(text: str) -> str:
     return text
 
 
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_LABEL_KEY = re.compile(rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*/)?[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$")
+
+
+def parse_label_keys(text: str) -> tuple[str, ...]:
+    """``a.example.com/database, tier`` -> the label keys, each as Cloud Foundry allows one."""
+    keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    for key in keys:
+        name = key.rsplit("/", 1)[-1]
+        if not _LABEL_KEY.match(key) or len(name) > 63 or len(key) - len(name) > 254:
+            raise ValueError(f"{key!r} is not a Cloud Foundry label key (like metrics.example.com/database)")
+    return keys
+
+
+parse_label_keys.kind = "list"  # type: ignore[attr-defined]
+
+
 SETTINGS: tuple[Setting, ...] = (
     # --- InfluxDB sink -------------------------------------------------------------------------
     Setting(
@@ -577,6 +594,38 @@ SETTINGS: tuple[Setting, ...] = (
         "How often a warm container checks whether the rules file changed.",
         "rules",
     ),
+    # --- Tenant routing (routing.py) -------------------------------------------------------------
+    Setting(
+        "ROUTES_FILE",
+        _str,
+        None,
+        "Tenant routing table: a YAML file bundled with the function (or ROUTES_KEY for one in S3); "
+        "routes each org's, space's or app's points to its own database or bucket (README: Tenant routing).",
+        "routing",
+    ),
+    Setting(
+        "ROUTES_KEY",
+        parse_s3_key,
+        None,
+        "S3 key of the routing table in METADATA_BUCKET; reloaded when it changes (conditional GET on "
+        "its ETag).",
+        "routing",
+    ),
+    Setting(
+        "ROUTES_CHECK_INTERVAL",
+        parse_duration,
+        "60s",
+        "How often a warm container checks whether the routing table changed.",
+        "routing",
+    ),
+    Setting(
+        "ROUTES_LABEL_KEYS",
+        parse_label_keys,
+        None,
+        "Cloud Foundry label keys whose values the metadata refresh keeps for orgs, spaces and apps, for "
+        "routes to match or take a destination from (comma-separated, e.g. `metrics.example.com/database`).",
+        "routing",
+    ),
     # --- Filters and extra tags (filters.py) ---------------------------------------------------
     *(
         Setting(
@@ -673,6 +722,7 @@ class CloudControllerConfig:
     timeout: float = 30.0
     verify_tls: bool = True
     ca_bundle: str | None = None  # a PEM file's path (CF_CA_BUNDLE)
+    label_keys: tuple[str, ...] = ()  # ROUTES_LABEL_KEYS: label values kept in the snapshot
 
 
 @dataclass(frozen=True)
@@ -704,6 +754,10 @@ class Config:
     rules_key: str | None = None
     rules_check_interval: float = 60.0
     point_filter: PointFilter | None = None  # filters and extra tags; None: none configured
+    routes_file: str | None = None  # tenant routing table (routing.py), bundled
+    routes_key: str | None = None  # or in METADATA_BUCKET
+    routes_check_interval: float = 60.0
+    routes_label_keys: tuple[str, ...] = ()  # kept by the refresh for orgs, spaces and apps
     pipeline_metrics: bool = False  # the enricher's own refinery_batch points, to InfluxDB
 
 
@@ -870,6 +924,8 @@ def load_config(
     prometheus = _prometheus(env, values, resolver, problems) if role == "enricher" else None
     point_filter = _point_filter(values)
     _check_rules(values, problems)
+    if role == "enricher":
+        _check_routes(values, problems)
     if values["METADATA_FILE"] and not os.path.isfile(values["METADATA_FILE"]):
         problems.append(f"METADATA_FILE: {values['METADATA_FILE']!r} is not a readable file")
     if role == "refresh" and not values["METADATA_BUCKET"]:
@@ -913,6 +969,10 @@ def load_config(
         rules_key=values["RULES_KEY"] if role == "enricher" else None,
         rules_check_interval=values["RULES_CHECK_INTERVAL"],
         point_filter=point_filter if role == "enricher" else None,
+        routes_file=values["ROUTES_FILE"] if role == "enricher" else None,
+        routes_key=values["ROUTES_KEY"] if role == "enricher" else None,
+        routes_check_interval=values["ROUTES_CHECK_INTERVAL"],
+        routes_label_keys=values["ROUTES_LABEL_KEYS"] or (),
         pipeline_metrics=bool(values["PIPELINE_METRICS"]) and role == "enricher",
     )
 
@@ -994,6 +1054,17 @@ def _check_rules(values: dict[str, Any], problems: list[str]) -> None:
         problems.append("RULES_BUCKET: required with RULES_KEY (or METADATA_BUCKET)")
 
 
+def _check_routes(values: dict[str, Any], problems: list[str]) -> None:
+    if values["ROUTES_FILE"] and values["ROUTES_KEY"]:
+        problems.append("ROUTES_FILE: give ROUTES_FILE or ROUTES_KEY, not both")
+    elif values["ROUTES_FILE"] and not os.path.isfile(values["ROUTES_FILE"]):
+        problems.append(f"ROUTES_FILE: {values['ROUTES_FILE']!r} is not a readable file")
+    elif values["ROUTES_KEY"] and not values["METADATA_BUCKET"]:
+        problems.append("ROUTES_KEY: requires METADATA_BUCKET (the bucket the routing table is in)")
+    if (values["ROUTES_FILE"] or values["ROUTES_KEY"]) and not values["INFLUX_URL"]:
+        problems.append("ROUTES_FILE: tenant routing requires INFLUX_URL (it chooses InfluxDB databases)")
+
+
 def _cloud_controller(
     env: Mapping[str, str],
     values: dict[str, Any],
@@ -1030,4 +1101,5 @@ def _cloud_controller(
         timeout=values["CF_TIMEOUT"] or 30.0,
         verify_tls=values["CF_VERIFY_TLS"] if values["CF_VERIFY_TLS"] is not None else True,
         ca_bundle=_ca_bundle(env, "CF_CA_BUNDLE", values["CF_VERIFY_TLS"], resolver, problems),
+        label_keys=values["ROUTES_LABEL_KEYS"] or (),
     )

@@ -47,6 +47,7 @@ from .metadata.store import (
 )
 from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
+from .sinks.base import DESTINATION_UNAVAILABLE
 from .sinks.fanout import families, write_routed
 from .speedups import transform_run
 from .transform import DROP_UNKNOWN_APP, Dropped, convert
@@ -381,15 +382,17 @@ def _quarantine_rejected(
             result.points -= 1
         line = done.lines[index] if sink_name is not None else None
         aggregate = bool(getattr(done.routes.get(index), "last", False))
+        # A routed line whose destination is missing or refuses us (sinks/routed.py): its own reason.
+        reason = DESTINATION_UNAVAILABLE if message.startswith(DESTINATION_UNAVAILABLE) else REJECTED
         for key, record in done.origins_of(index):
             if failed and _delivered_again(key, record, failed):
                 continue
-            bad.append(QuarantinedRecord(key, record, REJECTED, message, sink_name, line, aggregate))
+            bad.append(QuarantinedRecord(key, record, reason, message, sink_name, line, aggregate))
             if id(record) in seen:
                 continue
             seen.add(id(record))
             result.written -= 1
-            result.quarantined[REJECTED] += 1
+            result.quarantined[reason] += 1
 
 
 def _first_unacknowledged(done: Transformed, acknowledged: int) -> list[dict[str, Any]]:

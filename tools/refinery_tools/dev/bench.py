@@ -89,6 +89,8 @@ RECORDS_PRICED = 1_000_000_000
 TARGET_CORE_VS_FLOOR = 1.5
 TARGET_SPEEDUP_VS_POINT = 4.0
 TARGET_SAME_TIME = 2.0
+TARGET_ROUTING = 1.10  # tenant routing with 10 routes, per record, against routing off
+ROUTING_LABEL = "metrics.example.com/database"
 TARGET_END_TO_END = 1.3
 TARGET_COLD_ENRICHER_S = 1.0  # INIT + first invoke at 512 MB, in the Lambda emulation
 TARGET_COLD_ENRICHER_FULL_S = 0.4  # the same at 1769 MB (one full core)
@@ -192,6 +194,7 @@ ROWS: tuple[tuple[str, str, bool], ...] = (
     ("core_floor", "1. core cost per record vs decode floor", False),
     ("core_point", "2. core cost per record vs influxdb-client Point", False),
     ("same_time", "2b. one series at one timestamp vs distinct timestamps", False),
+    ("routing", "2c. tenant routing on (10 routes) vs off, per record", False),
     ("e2e", "3. end to end: handler → InfluxDB 1.x (gzip on, default)", True),
     ("e2e_plain", "3b. end to end: handler → InfluxDB 1.x (INFLUX_GZIP=false)", True),
     ("cold_start", "4. cold start, enricher at 512 MB (Lambda emulated)", False),
@@ -945,6 +948,107 @@ def bench_same_time(sizes: Sizes, rows: dict[str, Row]) -> None:
             " points that share a time, which the +1 ns collision chain made quadratic."
         ),
     )
+
+
+def routing_table(apps: Mapping[str, AppInfo]) -> str:
+    """Ten routes of every kind over ``apps``' orgs, spaces and apps (:mod:`refinery.routing`)."""
+    orgs = sorted({a.org_name for a in apps.values()})
+    guids = sorted(apps)
+    org_guids = sorted({a.org_guid for a in apps.values()})
+    routes = [
+        *({"match": {"org": org}, "to": {"database": f"org_{n}"}} for n, org in enumerate(orgs[:4])),
+        {"match": {"space": {"regex": "space-1.*"}}, "to": {"database": "space_1x"}},
+        {"match": {"space": {"regex": ".*-7"}}, "to": {"database": "space_7"}},
+        {"match": {"app_guid": guids[0]}, "to": {"database": "one_app"}},
+        {"match": {"app_guid": guids[1]}, "to": {"database": "other_app"}},
+        {"match": {"org_guid": org_guids[-1]}, "to": {"database": "last_org"}},
+        {"to": {"database": {"org_label": ROUTING_LABEL}}},
+    ]
+    return json.dumps({"routes": routes, "default": {"database": "cf"}})  # JSON is YAML
+
+
+def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
+    """Transform and encode the request bodies, routed by a 10-route table against not routed."""
+    import dataclasses
+
+    from refinery.config import InfluxConfig
+    from refinery.routing import Router, RoutesError, parse_routes
+    from refinery.sinks.gzip_body import gzip_body
+    from refinery.sinks.influx_v1 import InfluxV1Sink
+    from refinery.sinks.routed import RoutedSink
+    from refinery.watched import WatchedDocument
+
+    # Every fifth org labelled with its database (the label route); the same snapshot for both cases.
+    orgs = sorted({a.org_guid for a in work.apps.values()})
+    labelled = {guid: ((ROUTING_LABEL, f"tenant_{n}"),) for n, guid in enumerate(orgs) if n % 5 == 0}
+    apps = {
+        guid: dataclasses.replace(info, org_labels=labelled.get(info.org_guid, ()))
+        for guid, info in work.apps.items()
+    }
+    store = new_store(snapshot_of(apps))
+    table = routing_table(apps)
+    book = WatchedDocument(
+        BytesSnapshotSource(table.encode()),
+        lambda data, origin: parse_routes(data, origin, label_keys=frozenset({ROUTING_LABEL})),
+        invalid=RoutesError,
+    )
+    config = InfluxConfig(url="http://127.0.0.1:9", api="v1", database="cf")
+    plain = InfluxV1Sink(config)
+    routed = RoutedSink(InfluxV1Sink(config), Router(book, store))
+    n = work.records
+
+    def bodies(sink: Any, lines: Sequence[str]) -> list[bytes]:
+        """The request bodies the sink posts (INFLUX_GZIP=true, the default: gzip-compressed)."""
+        return [gzip_body(sink.encode(chunk, ())) for chunk in _chunks(lines, sink.batch_size)]
+
+    def off() -> list[bytes]:
+        start_invocation(store)
+        return bodies(plain, transform_batch(work.event, store).lines)
+
+    def on() -> list[bytes]:
+        start_invocation(store)
+        lines = transform_batch(work.event, store).lines
+        out: list[bytes] = []
+        for indexes in routed.groups(lines).values():
+            out += bodies(plain, list(map(lines.__getitem__, indexes)))  # as RoutedSink.write does
+        return out
+
+    unrouted, grouped = off(), on()
+    destinations = routed.groups(transform_batch(work.event, store).lines)
+    if sum(gzip.decompress(b).count(b"\n") for b in grouped) != sum(
+        gzip.decompress(b).count(b"\n") for b in unrouted
+    ):
+        raise RuntimeError("routing lost or added lines")
+    if len(destinations) < 5:
+        raise RuntimeError(f"the routing workload reached only {len(destinations)} destination(s)")
+    _progress(f"tenant routing: {sizes.rounds} interleaved rounds of {_count(n)} records")
+    times = interleaved({"on": on, "off": off}, sizes.rounds, gc_off=True)
+    ours, baseline = min(times["on"]) / n, min(times["off"]) / n
+    ratio = ours / baseline
+    plain.close()
+    routed.close()
+    fill(
+        rows["routing"],
+        ours=f"{_us(ours)}/record",
+        baseline=f"{_us(baseline)}/record",
+        ratio=ratio,
+        target=f"≤ {TARGET_ROUTING:.2f}×",
+        status=_verdict(ratio <= TARGET_ROUTING),
+        how=(
+            f"`transform_batch` on the core batch ({_count(n)} records) and the request bodies of its lines"
+            " (as the sink posts them: chunks of `INFLUX_BATCH_SIZE` lines, gzip-compressed as by default),"
+            " routed by a table of 10 routes (4 org names, 2 space regexes, 2 app GUIDs, an org GUID and"
+            " an org label; every fifth org labelled) into"
+            f" {len(destinations)} destinations, against the same without routing (one destination);"
+            f" best of {sizes.rounds} interleaved rounds, GC off while timed. The route is computed once"
+            " per app GUID and kept while the snapshot and the table are unchanged (a warm container):"
+            " per point, routing costs finding `app_guid` in the line and one dictionary look-up."
+        ),
+    )
+
+
+def _chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [lines[i : i + size] for i in range(0, len(lines), size)]
 
 
 def print_profile(work: Workload, out: Any = None, top: int = 25) -> None:
@@ -1831,6 +1935,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_same_time(sizes, rows)
     except Exception as exc:
         failed(rows, ("same_time",), exc)
+    try:
+        bench_routing(work, sizes, rows)
+    except Exception as exc:
+        failed(rows, ("routing",), exc)
     e2e = None
     if args.skip_servers:
         for key in SERVER_ROWS:

@@ -22,6 +22,9 @@ assumptions:
   ``cloud_controller.read`` sees the apps and spaces of the spaces it has roles in (200 with an empty
   list when none) and a GET of another app is 404; a token with none of these scopes gets ``403
   CF-NotAuthorized``. See :meth:`FakeCloudController.add_client`.
+* ``metadata.labels`` of every org, space and app (and of those under ``included``) hold what
+  :meth:`Foundation.set_labels` set, as ``PATCH …/:guid {"metadata": {"labels": …}}`` leaves them (a
+  ``null`` value removes its key; ``updated_at`` moves); ``annotations`` are always ``{}``.
 * Error bodies ``{"errors": [{"detail", "title", "code"}]}`` as ``errors/v2.yml`` words them; query
   validation messages as ``list_message.rb`` and ``base_message.rb`` word them.
 * Rate limiting (:meth:`FakeCloudController.enable_rate_limiting`, ``base_rate_limiter.rb``): every
@@ -56,7 +59,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +88,9 @@ def _now_timestamp() -> str:
 
 # ------------------------------------------------------------------------------------ foundation
 
+#: A resource's ``metadata.labels``, as sorted (key, value) pairs (the resources are frozen and hashed).
+Labels = tuple[tuple[str, str], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Org:
@@ -93,6 +99,7 @@ class Org:
     created_at: str
     updated_at: str
     suspended: bool = False
+    labels: Labels = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,7 @@ class Space:
     org_guid: str
     created_at: str
     updated_at: str
+    labels: Labels = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,7 @@ class App:
     state: str
     created_at: str
     updated_at: str
+    labels: Labels = ()
 
 
 @dataclass
@@ -230,6 +239,27 @@ class Foundation:
             self.orgs[guid] = org
             return org
 
+    def set_labels(self, guid: str, labels: Mapping[str, str | None]) -> Org | Space | App:
+        """``PATCH /v3/{organizations,spaces,apps}/:guid`` with ``{"metadata": {"labels": …}}``: the
+        keys given are set, a ``None`` value removes its key, the others are kept; ``updated_at`` moves."""
+        with self._lock:
+            for table in (self.orgs, self.spaces, self.apps):
+                if guid in table:
+                    resource = table[guid]
+                    merged = dict(resource.labels)
+                    for key, value in labels.items():
+                        if value is None:
+                            merged.pop(key, None)
+                        else:
+                            merged[key] = value
+                    stamp = _now_timestamp()
+                    changed = replace(resource, labels=tuple(sorted(merged.items())), updated_at=stamp)
+                    table[guid] = changed  # type: ignore[index]
+                    if table is self.apps:
+                        self._app_list = None
+                    return changed
+            raise KeyError(f"no org, space or app {guid}")
+
     def _update_app(self, guid: str, **changes: str) -> App:
         with self._lock:
             app = replace(self.apps[guid], updated_at=_now_timestamp(), **changes)
@@ -246,16 +276,34 @@ class Foundation:
                 self._app_list = list(self.apps.values())
             return self._app_list
 
-    def app_info(self, guid: str) -> AppInfo:
+    def app_info(self, guid: str, label_keys: Iterable[str] = ()) -> AppInfo:
+        """The app as a client keeping the values of ``label_keys`` derives it."""
         app = self.apps[guid]
         space = self.spaces[app.space_guid]
         org = self.orgs[space.org_guid]
-        return AppInfo(app.guid, app.name, space.guid, space.name, org.guid, org.name)
+        keys = frozenset(label_keys)
+        if not keys:
+            return AppInfo(app.guid, app.name, space.guid, space.name, org.guid, org.name)
 
-    def app_infos(self) -> dict[str, AppInfo]:
-        """What a correct client should derive from this foundation."""
+        def kept(labels: Labels) -> Labels:
+            return tuple((k, v) for k, v in labels if k in keys)
+
+        return AppInfo(
+            app.guid,
+            app.name,
+            space.guid,
+            space.name,
+            org.guid,
+            org.name,
+            kept(org.labels),
+            kept(space.labels),
+            kept(app.labels),
+        )
+
+    def app_infos(self, label_keys: Iterable[str] = ()) -> dict[str, AppInfo]:
+        """What a correct client (keeping the values of ``label_keys``) should derive from this foundation."""
         with self._lock:
-            return {guid: self.app_info(guid) for guid in self.apps}
+            return {guid: self.app_info(guid, label_keys) for guid in self.apps}
 
 
 def _guid(rng: random.Random) -> str:
@@ -1040,7 +1088,7 @@ class FakeCloudController:
             "updated_at": app.updated_at,
             "lifecycle": {"type": "buildpack", "data": {"buildpacks": [], "stack": "cflinuxfs4"}},
             "relationships": {"space": {"data": {"guid": app.space_guid}}},
-            "metadata": {"labels": {}, "annotations": {}},
+            "metadata": {"labels": dict(app.labels), "annotations": {}},
             "links": {
                 "self": {"href": base},
                 "environment_variables": {"href": f"{base}/environment_variables"},
@@ -1069,7 +1117,7 @@ class FakeCloudController:
                 "organization": {"data": {"guid": space.org_guid}},
                 "quota": {"data": None},
             },
-            "metadata": {"labels": {}, "annotations": {}},
+            "metadata": {"labels": dict(space.labels), "annotations": {}},
             "links": {
                 "self": {"href": base},
                 "features": {"href": f"{base}/features"},
@@ -1087,7 +1135,7 @@ class FakeCloudController:
             "name": org.name,
             "suspended": org.suspended,
             "relationships": {"quota": {"data": {"guid": DEFAULT_QUOTA_GUID}}},
-            "metadata": {"labels": {}, "annotations": {}},
+            "metadata": {"labels": dict(org.labels), "annotations": {}},
             "links": {
                 "self": {"href": base},
                 "domains": {"href": f"{base}/domains"},

@@ -36,6 +36,7 @@ from ..tracing import trace_handler
 
 if TYPE_CHECKING:
     from ..point_stage import PointStage
+    from ..routing import Router
 
 logger = make_logger()
 metrics = make_metrics()
@@ -53,6 +54,7 @@ class Runtime:
     sink: Sink
     quarantine: Quarantine
     stage: PointStage | None = None  # filters, extra tags, recording rules; None: none configured
+    router: Router | None = None  # tenant routing (routing.py); None: every point to INFLUX_* settings
 
 
 _runtime: Runtime | None = None
@@ -74,7 +76,16 @@ def build_runtime(config: Config, sink: Sink | None = None) -> Runtime:
         live_max=config.live_lookup_max,
         live_budget=config.live_lookup_budget,
     )
+    router = None
+    if config.routes_file or config.routes_key:  # tenant routing: the InfluxDB sink writes per route
+        from ..routing import build_router
+        from ..sinks.routed import with_routing
+
+        router = build_router(config, store)
+        if router is not None:
+            sink = with_routing(sink or build_sink(config.influx, config.prometheus), router)
     return Runtime(
+        router=router,
         config=config,
         store=store,
         sink=sink if sink is not None else build_sink(config.influx, config.prometheus),

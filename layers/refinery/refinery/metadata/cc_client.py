@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from base64 import b64encode
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, urlencode, urlsplit
@@ -37,7 +37,7 @@ import orjson
 import requests
 
 from refinery.metadata.gcpause import gc_paused
-from refinery.metadata.snapshot import AppInfo
+from refinery.metadata.snapshot import AppInfo, Labels
 from refinery.retry import ASKED_TOO_LONG, NoRetry, RetryPolicy
 from refinery.retry_after import parse_retry_after
 from refinery.tracing import traced
@@ -149,6 +149,7 @@ class CloudControllerClient:
         backoff_cap: float = 20.0,
         max_retry_wait: float = 120.0,
         rng: random.Random | None = None,
+        label_keys: Iterable[str] = (),
     ) -> None:
         if not api_url.startswith(("http://", "https://")):
             raise ValueError(f"api_url must be an http(s) URL, got {api_url!r}")
@@ -180,6 +181,8 @@ class CloudControllerClient:
         self._rng = rng if rng is not None else random.Random()
         self._token: _Token | None = None
         self._lock = threading.Lock()
+        #: Label keys whose values are kept for apps, spaces and orgs (tenant routing: ROUTES_LABEL_KEYS).
+        self.label_keys: frozenset[str] = frozenset(label_keys)
         #: The scopes of the last token UAA issued (``None`` before the first): not secret.
         self.granted_scopes: tuple[str, ...] | None = None
 
@@ -329,6 +332,7 @@ class CloudControllerClient:
         spaces: dict[str, tuple[str, str | None]] = {}
         orgs: dict[str, str] = {}
         raw_apps: dict[str, tuple[str, str | None]] = {}
+        labels: dict[str, Labels] | None = {} if self.label_keys else None  # by GUID: app, space or org
         pages = self.iter_app_pages(deadline=deadline)
         while True:
             with gc_paused():  # see _loads_acyclic; and the page is freed before the collector runs
@@ -336,13 +340,13 @@ class CloudControllerClient:
                 if page is None:
                     break
                 stats.pages += 1
-                _collect_included(page.get("included"), spaces, orgs)
-                _collect_apps(page["resources"], raw_apps, stats)
+                _collect_included(page.get("included"), spaces, orgs, labels, self.label_keys)
+                _collect_apps(page["resources"], raw_apps, stats, labels, self.label_keys)
                 del page
         stats.per_page = self.per_page
         apps: dict[str, AppInfo] = {}
         for guid, (name, space_guid) in raw_apps.items():
-            info = _join(guid, name, space_guid, spaces, orgs, stats)
+            info = _join(guid, name, space_guid, spaces, orgs, stats, labels)
             if info is not None:
                 apps[guid] = info
         stats.apps, stats.spaces, stats.orgs = len(apps), len(spaces), len(orgs)
@@ -380,11 +384,13 @@ class CloudControllerClient:
             )
         spaces: dict[str, tuple[str, str | None]] = {}
         orgs: dict[str, str] = {}
-        _collect_included(doc.get("included"), spaces, orgs)
+        labels: dict[str, Labels] | None = {} if self.label_keys else None
+        _collect_included(doc.get("included"), spaces, orgs, labels, self.label_keys)
         stats = ListStats()
-        info = _join(
-            _get_str(doc, "guid") or guid, name, _relationship_guid(doc, "space"), spaces, orgs, stats
-        )
+        app_guid = _get_str(doc, "guid") or guid
+        if labels is not None:
+            _keep_labels(doc, app_guid, labels, self.label_keys)
+        info = _join(app_guid, name, _relationship_guid(doc, "space"), spaces, orgs, stats, labels)
         if info is None:
             raise CloudControllerError(
                 f"GET {_path(url)}: app's space or organization missing from 'included'",
@@ -588,7 +594,11 @@ def _loads_acyclic(body: bytes) -> Any:
 
 
 def _collect_apps(
-    resources: list[Any], raw_apps: dict[str, tuple[str, str | None]], stats: ListStats
+    resources: list[Any],
+    raw_apps: dict[str, tuple[str, str | None]],
+    stats: ListStats,
+    labels: dict[str, Labels] | None = None,
+    label_keys: frozenset[str] = frozenset(),
 ) -> None:
     for resource in resources:
         stats.resources += 1
@@ -599,6 +609,22 @@ def _collect_apps(
         if guid in raw_apps:
             stats.duplicates += 1
         raw_apps[guid] = (name, _relationship_guid(resource, "space"))
+        if labels is not None:
+            _keep_labels(resource, guid, labels, label_keys)
+
+
+def _keep_labels(resource: Any, guid: str, labels: dict[str, Labels], keys: frozenset[str]) -> None:
+    """The values of ``keys`` among a v3 resource's ``metadata.labels`` (string values only)."""
+    metadata = resource.get("metadata") if isinstance(resource, Mapping) else None
+    found = metadata.get("labels") if isinstance(metadata, Mapping) else None
+    if not isinstance(found, Mapping):
+        labels.pop(guid, None)
+        return
+    kept = tuple(sorted((k, v) for k, v in found.items() if k in keys and isinstance(v, str) and v))
+    if kept:
+        labels[guid] = kept
+    else:
+        labels.pop(guid, None)
 
 
 def _retryable(status: int) -> bool:
@@ -631,17 +657,27 @@ def _relationship_guid(resource: Mapping[str, Any], name: str) -> str | None:
     return guid if isinstance(guid, str) else None
 
 
-def _collect_included(included: Any, spaces: dict[str, tuple[str, str | None]], orgs: dict[str, str]) -> None:
+def _collect_included(
+    included: Any,
+    spaces: dict[str, tuple[str, str | None]],
+    orgs: dict[str, str],
+    labels: dict[str, Labels] | None = None,
+    label_keys: frozenset[str] = frozenset(),
+) -> None:
     if not isinstance(included, Mapping):
         return
     for space in included.get("spaces") or ():
         guid, name = _get_str(space, "guid"), _get_str(space, "name")
         if guid is not None and name is not None:
             spaces[guid] = (name, _relationship_guid(space, "organization"))
+            if labels is not None:
+                _keep_labels(space, guid, labels, label_keys)
     for org in included.get("organizations") or ():
         guid, name = _get_str(org, "guid"), _get_str(org, "name")
         if guid is not None and name is not None:
             orgs[guid] = name
+            if labels is not None:
+                _keep_labels(org, guid, labels, label_keys)
 
 
 def _join(
@@ -651,6 +687,7 @@ def _join(
     spaces: Mapping[str, tuple[str, str | None]],
     orgs: Mapping[str, str],
     stats: ListStats,
+    labels: Mapping[str, Labels] | None = None,
 ) -> AppInfo | None:
     if space_guid is None or (space := spaces.get(space_guid)) is None:
         stats.missing_space += 1
@@ -661,6 +698,18 @@ def _join(
         stats.missing_org += 1
         _sample(stats, guid)
         return None
+    if labels:
+        return AppInfo(
+            guid,
+            name,
+            space_guid,
+            space_name,
+            org_guid,
+            org_name,
+            labels.get(org_guid, ()),
+            labels.get(space_guid, ()),
+            labels.get(guid, ()),
+        )
     return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)
 
 

@@ -10,6 +10,9 @@ each space and org once, in string tables, and each column as one array::
      "spaces": {"guid": [...], "name": [...], "org": [<index into orgs>, ...]},
      "apps":   {"guid": [...], "name": [...], "space": [<index into spaces>, ...]}}
 
+Each table may have a ``labels`` column (written only when some row has one): per row an object of the
+label values the refresh keeps (``ROUTES_LABEL_KEYS``, :mod:`refinery.routing`), ``{}`` for none.
+
 App ``i`` is ``apps.guid[i]`` named ``apps.name[i]``, in space row ``apps.space[i]`` of ``spaces``,
 whose org is row ``spaces.org[i]`` of ``orgs``. Rows are sorted by GUID; a space or org row is one
 distinct (GUID, name[, org]) combination, so the format holds exactly what schema 1 holds.
@@ -54,6 +57,8 @@ MAX_SNAPSHOT_BYTES = 128 * 1024 * 1024
 #: level 6 for about 8 % more bytes (the GUIDs, random hex, are most of them); decompression costs the same.
 GZIP_LEVEL = 1
 _TABLES = {"orgs": ("guid", "name"), "spaces": ("guid", "name", "org"), "apps": ("guid", "name", "space")}
+#: A resource's kept labels: ``((key, value), …)`` sorted by key (hashable: rows are deduplicated on it).
+Labels = tuple[tuple[str, str], ...]
 
 
 class SnapshotError(ValueError):
@@ -70,6 +75,10 @@ class AppInfo:
     space_name: str
     org_guid: str
     org_name: str
+    #: The values of the label keys the refresh keeps (ROUTES_LABEL_KEYS), sorted by key: ``((k, v), …)``.
+    org_labels: Labels = ()
+    space_labels: Labels = ()
+    app_labels: Labels = ()
 
     def as_dict(self) -> dict[str, str]:
         return {field: getattr(self, field) for field in APP_FIELDS}
@@ -117,13 +126,14 @@ def encode_snapshot(
 def _tables(apps: Mapping[str, AppInfo]) -> dict[str, dict[str, list[Any]]]:
     guids = sorted(apps)  # the mapping's keys name the apps, as in schema 1
     infos = [apps[guid] for guid in guids]
-    placements = list(map(_PLACEMENT, infos))  # (space guid, space name, org guid, org name) per app
+    # (space guid, space name, org guid, org name, space labels, org labels) per app
+    placements = list(map(_PLACEMENT, infos))
     distinct = set(placements)
-    org_keys = sorted({(p[2], p[3]) for p in distinct})
+    org_keys = sorted({(p[2], p[3], p[5]) for p in distinct})
     org_row = {key: row for row, key in enumerate(org_keys)}
-    space_keys = sorted((p[0], p[1], org_row[p[2], p[3]], p) for p in distinct)
-    space_row = {key[3]: row for row, key in enumerate(space_keys)}
-    return {
+    space_keys = sorted((p[0], p[1], org_row[p[2], p[3], p[5]], p[4], p) for p in distinct)
+    space_row = {key[4]: row for row, key in enumerate(space_keys)}
+    tables: dict[str, dict[str, list[Any]]] = {
         "orgs": {"guid": [k[0] for k in org_keys], "name": [k[1] for k in org_keys]},
         "spaces": {
             "guid": [k[0] for k in space_keys],
@@ -136,9 +146,18 @@ def _tables(apps: Mapping[str, AppInfo]) -> dict[str, dict[str, list[Any]]]:
             "space": list(map(space_row.__getitem__, placements)),
         },
     }
+    # Labels only when some resource has one: a snapshot without them is byte-identical to before.
+    for table, labels in (
+        ("orgs", [k[2] for k in org_keys]),
+        ("spaces", [k[3] for k in space_keys]),
+        ("apps", [a.app_labels for a in infos]),
+    ):
+        if any(labels):
+            tables[table]["labels"] = [dict(pairs) for pairs in labels]
+    return tables
 
 
-_PLACEMENT = attrgetter("space_guid", "space_name", "org_guid", "org_name")
+_PLACEMENT = attrgetter("space_guid", "space_name", "org_guid", "org_name", "space_labels", "org_labels")
 
 
 # ------------------------------------------------------------------------------------------- decode
@@ -187,7 +206,8 @@ def _app(guid: str, entry: Any) -> AppInfo:
         if not isinstance(value, str):
             raise SnapshotError(f"snapshot app {guid!r} field {name!r} is missing or not a string")
         values.append(value)
-    return AppInfo(guid, *values)
+    name, space_guid, space_name, org_guid, org_name = values
+    return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)
 
 
 class TableApps(Mapping[str, AppInfo]):
@@ -198,11 +218,14 @@ class TableApps(Mapping[str, AppInfo]):
     """
 
     __slots__ = (
+        "_app_labels",
         "_index",
         "_names",
         "_org_guids",
+        "_org_labels",
         "_org_names",
         "_space_guids",
+        "_space_labels",
         "_space_names",
         "_space_orgs",
         "_spaces",
@@ -217,6 +240,9 @@ class TableApps(Mapping[str, AppInfo]):
         self._names, self._spaces = apps["name"], apps["space"]
         self._space_guids, self._space_names, self._space_orgs = spaces["guid"], spaces["name"], spaces["org"]
         self._org_guids, self._org_names = orgs["guid"], orgs["name"]
+        self._app_labels = apps.get("labels")
+        self._space_labels = spaces.get("labels")
+        self._org_labels = orgs.get("labels")
 
     def __getitem__(self, guid: str) -> AppInfo:
         return self._row(guid, self._index[guid])
@@ -264,7 +290,31 @@ class TableApps(Mapping[str, AppInfo]):
         org_guid, org_name = self._org_guids[org], self._org_names[org]
         if not isinstance(org_guid, str) or not isinstance(org_name, str):
             raise SnapshotError(f"snapshot org row {org}: guid or name is not a string")
-        return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)
+        if self._app_labels is None and self._space_labels is None and self._org_labels is None:
+            return AppInfo(guid, name, space_guid, space_name, org_guid, org_name)
+        return AppInfo(
+            guid,
+            name,
+            space_guid,
+            space_name,
+            org_guid,
+            org_name,
+            _labels(self._org_labels, org, "org"),
+            _labels(self._space_labels, space, "space"),
+            _labels(self._app_labels, row, "app"),
+        )
+
+
+def _labels(column: list[Any] | None, row: int, what: str) -> Labels:
+    """A row's kept labels, sorted by key (``()`` without a ``labels`` column)."""
+    if column is None:
+        return ()
+    value = column[row]
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise SnapshotError(f"snapshot {what} row {row}: labels are not an object of strings")
+    return tuple(sorted(value.items()))
 
 
 def _all_str(values: Iterable[Any]) -> bool:
@@ -358,6 +408,10 @@ def _check_tables(doc: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
             if not isinstance(value.get(column), list):
                 raise SnapshotError(f"snapshot field '{table}.{column}' is missing or not an array")
             lengths.add(len(value[column]))
+        if "labels" in value:
+            if not isinstance(value["labels"], list):
+                raise SnapshotError(f"snapshot field '{table}.labels' is not an array")
+            lengths.add(len(value["labels"]))
         if len(lengths) != 1:
             raise SnapshotError(f"snapshot table {table!r}: its arrays differ in length")
         tables[table] = value

@@ -206,6 +206,10 @@ class MetadataStore:
         )
         self._memo: dict[str, AppTags | None] = {}
         self._miss: dict[str, str | None] = {}
+        #: Apps found by a live lookup (not in the snapshot), for :meth:`app_info`; bounded like the cache.
+        self._live_infos: TTLCache[str, AppInfo] = TTLCache(
+            maxsize=self.cache_size, ttl=self.expire, timer=self.clock
+        )
         self._live_used = 0
         self._live_until = 0.0
         self._live_paused_until = 0.0
@@ -292,6 +296,19 @@ class MetadataStore:
             return generated_at
         return self.checked_at if later else generated_at
 
+    def app_info(self, guid: str) -> AppInfo | None:
+        """An app's metadata (labels included) from the snapshot or a live lookup; None when unknown
+        or its entry is invalid. No live lookup is made here (tenant routing reads what is known)."""
+        snapshot = self.snapshot
+        if snapshot is not None:
+            try:
+                info = snapshot.apps.get(guid) or snapshot.apps.get(guid.lower())
+            except SnapshotError:
+                return None
+            if info is not None:
+                return info
+        return self._live_infos.get(guid)
+
     def lookup(self, guid: str) -> AppTags | None:
         """Escaped tags of an app, or None; then ``last_miss`` says whether that is final (None)."""
         memo = self._memo
@@ -359,6 +376,7 @@ class MetadataStore:
             self.last_miss = None
             return None
         self.stats.live_hits += 1
+        self._live_infos[guid] = info
         return self._remember(guid, info)
 
     def _remember(self, guid: str, info: AppInfo) -> AppTags:

@@ -29,11 +29,11 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import parse_duration
-from ..metadata.store import SnapshotSource, SnapshotUnavailable
+from ..metadata.store import SnapshotSource
+from ..watched import WatchedDocument, WatchStats
 from .model import AGGREGATIONS, INFLUX_OUTPUTS, OPERATORS, Matcher, Rule, RuleSet
 
 SCHEMA_MEASUREMENTS = ("http_request", "log", "instance")
@@ -258,16 +258,13 @@ def _window(value: Any, bad: Callable[[str, str], None]) -> int:
     return window_ms
 
 
-@dataclass
-class RuleStats:
-    checks: int = 0
-    loads: int = 0
-    failures: int = 0
-    last_error: str = ""
+#: The rule book's counters (checks, loads, failures, last_error): those of any watched document.
+RuleStats = WatchStats
 
 
-class RuleBook:
-    """The rules in force in a warm container, re-checked at most every ``check_interval``."""
+class RuleBook(WatchedDocument[RuleSet]):
+    """The rules in force in a warm container, re-checked at most every ``check_interval``
+    (:class:`refinery.watched.WatchedDocument`, shared with the tenant routing table)."""
 
     def __init__(
         self,
@@ -275,37 +272,16 @@ class RuleBook:
         check_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.source = source
-        self.check_interval = check_interval
-        self.clock = clock
-        self.rules: RuleSet | None = None
-        self.etag: str | None = None
-        self.stats = RuleStats()
-        self._next_check = 0.0
+        super().__init__(
+            source,
+            parse_rules,
+            invalid=RulesError,
+            unavailable=RulesUnavailable,
+            what="recording rules",
+            check_interval=check_interval,
+            clock=clock,
+        )
 
-    def refresh_if_due(self) -> RuleSet:
-        """The rules in force; loads them on first use (raising what is wrong) and when changed."""
-        now = self.clock()
-        if self.rules is not None and now < self._next_check:
-            return self.rules
-        self.stats.checks += 1
-        try:
-            data, etag = self.source.fetch(self.etag if self.rules is not None else None)
-            if data is not None:
-                rules = parse_rules(data, self.source.description)
-        except (SnapshotUnavailable, RulesError) as exc:
-            if self.rules is None:
-                if isinstance(exc, RulesError):
-                    raise
-                raise RulesUnavailable(f"recording rules: {exc}") from exc
-            self.stats.failures += 1
-            self.stats.last_error = str(exc)
-            self._next_check = now + self.check_interval
-            return self.rules
-        self._next_check = now + self.check_interval
-        if data is not None:
-            self.rules = rules
-            self.etag = etag
-            self.stats.loads += 1
-        assert self.rules is not None
-        return self.rules
+    @property
+    def rules(self) -> RuleSet | None:
+        return self.document

@@ -91,6 +91,9 @@ class FlushError(RuntimeError):
 
 
 REFUSED_STATUSES = (400, 413, 422)
+#: Quarantine reason (and refusal message prefix) of a routed line whose destination does not exist or
+#: refuses authorisation (:mod:`refinery.sinks.routed`): replayable once it exists.
+DESTINATION_UNAVAILABLE = "destination_unavailable"
 #: Most requests spent isolating refused lines in one write; past it the batch fails (a server that
 #: refuses nearly everything for reasons it does not name is misconfigured, not holding a few bad points).
 MAX_SPLIT_REQUESTS = 400
