@@ -50,28 +50,24 @@ def url_path(url: str) -> str:
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-def cf_titles(resp: requests.Response) -> tuple[str, ...]:
-    """``("CF-ResourceNotFound", ...)`` from a v3 error body (any content type), else ``()``."""
+def _v3_errors(resp: requests.Response) -> list[dict[str, object]]:
+    """The ``errors`` of a v3 error body (any content type), else ``[]``."""
     try:
         doc = orjson.loads(resp.content)
     except orjson.JSONDecodeError:
-        return ()
+        return []
     errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not isinstance(errors, list):
-        return ()
-    return tuple(str(e.get("title")) for e in errors if isinstance(e, dict) and e.get("title"))
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def cf_titles(resp: requests.Response) -> tuple[str, ...]:
+    """``("CF-ResourceNotFound", ...)`` from a v3 error body, else ``()``."""
+    return tuple(str(e["title"]) for e in _v3_errors(resp) if e.get("title"))
 
 
 def cf_details(resp: requests.Response) -> tuple[str, ...]:
     """The ``detail`` of each error of a v3 error body, else ``()``."""
-    try:
-        doc = orjson.loads(resp.content)
-    except orjson.JSONDecodeError:
-        return ()
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not isinstance(errors, list):
-        return ()
-    return tuple(str(e["detail"]) for e in errors if isinstance(e, dict) and isinstance(e.get("detail"), str))
+    return tuple(detail for e in _v3_errors(resp) if isinstance(detail := e.get("detail"), str))
 
 
 def oauth_error(resp: requests.Response) -> str:
