@@ -79,10 +79,16 @@ def client(service: str, **config: Any) -> Any:
         return made
     if signed_here():
         from . import awsclient
+        from .s3client import S3Client
 
         retries = config.get("retries") or {}
         attempts = retries.get("total_max_attempts") or 1 + retries.get("max_attempts", 2)
-        made = awsclient.client_class(service)(
+        signed: dict[str, type[awsclient.Client]] = {
+            "s3": S3Client,
+            "secretsmanager": awsclient.SecretsManagerClient,
+            "ssm": awsclient.SsmClient,
+        }
+        made = signed[service](
             connect_timeout=float(config.get("connect_timeout", awsclient.CONNECT_TIMEOUT)),
             read_timeout=float(config.get("read_timeout", awsclient.READ_TIMEOUT)),
             max_attempts=int(attempts),

@@ -316,12 +316,3 @@ class SsmClient(JsonClient):
     def get_parameter(self, *, Name: str, WithDecryption: bool = False) -> dict[str, Any]:
         params = {"Name": Name, "WithDecryption": WithDecryption}
         return self.call("GetParameter", f"parameter {Name!r}", params)
-
-
-def client_class(service: str) -> type[Client]:
-    """The client class of ``service`` (``s3``, ``secretsmanager``, ``ssm``)."""
-    if service == "s3":
-        from .s3client import S3Client
-
-        return S3Client
-    return {"secretsmanager": SecretsManagerClient, "ssm": SsmClient}[service]
