@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from refinery import aws, awsclient
-from refinery.config import ConfigError, load_config
+from refinery.config import ConfigError, load_enricher_config
 from refinery.metadata.store import S3SnapshotSource
 from refinery.s3client import S3Client
 
@@ -133,10 +133,10 @@ def test_secrets_and_parameters_are_read_and_a_missing_one_is_named_without_any_
     }.items():
         monkeypatch.setenv(variable, value)
     monkeypatch.delenv("INFLUX_PASSWORD", raising=False)
-    assert load_config().influx.password == "s3cret-välue"  # type: ignore[union-attr]
+    assert load_enricher_config().influx.password == "s3cret-välue"  # type: ignore[union-attr]
     monkeypatch.setenv("INFLUX_PASSWORD_SECRET", name + "-absent")
     with pytest.raises(ConfigError) as caught:
-        load_config()
+        load_enricher_config()
     problem = (
         f"INFLUX_PASSWORD_SECRET: cannot read '{name}-absent': AwsServiceError ResourceNotFoundException"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from refinery.config import load_config
+from refinery.config import load_enricher_config
 from refinery.handlers import enricher, metadata_refresh
 from refinery.metadata.snapshot import decode_snapshot
 from refinery.quarantine import decode_records
@@ -63,7 +63,7 @@ class Enricher:
 
     def __init__(self) -> None:
         self.out = io.StringIO()
-        self.runtime = enricher.build_runtime(load_config(), PrintSink(self.out))
+        self.runtime = enricher.build_runtime(load_enricher_config(), PrintSink(self.out))
         enricher.reset_runtime(self.runtime)
 
     def run(self, values: list[bytes]) -> tuple[dict, list[str]]:

@@ -63,7 +63,7 @@ from faults import (
     uuid_pair,
 )
 
-from refinery.config import load_config
+from refinery.config import load_enricher_config
 from refinery.handlers import enricher
 from refinery.sinks import FlushError
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes, sample_snapshot
@@ -493,7 +493,7 @@ def test_ten_thousand_records_of_one_series_at_one_time_cost_what_distinct_ones_
     necessarily collides, and says so: identity_collisions counts every point whose series and time another
     point of the batch already has."""
     stack.setenv(SNAPSHOT_CHECK_INTERVAL="1h")  # one snapshot read, before the timed runs
-    runtime = enricher.build_runtime(load_config(), CollectingSink())
+    runtime = enricher.build_runtime(load_enricher_config(), CollectingSink())
     enricher.reset_runtime(runtime)
     run(invoke, build_kafka_event(requests_at(10, 1_000)))  # warm: the snapshot, the app's tags
     events = {

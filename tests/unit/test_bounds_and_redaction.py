@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from refinery.config import ConfigError, display_value, load_config, parse_url, redact_url
+from refinery.config import ConfigError, display_value, load_enricher_config, parse_url, redact_url
 from refinery.lineproto import escape_measurement, escape_tag
 from refinery.metadata.snapshot import SnapshotError, decode_snapshot, encode_snapshot, gunzip_bounded
 from refinery.s3 import BoundedClient, S3Timeout, run_bounded, time_limit
@@ -64,13 +64,13 @@ def test_url_settings_refuse_credentials_without_echoing_them(url: str, why: str
 
 def test_a_base_url_has_no_query_and_every_url_setting_is_shown_redacted() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(
+        load_enricher_config(
             {"INFLUX_URL": f"http://h:8086/?x={SECRET}", "INFLUX_DATABASE": "d", "METADATA_BUCKET": "b"}
         )
     assert (
         "INFLUX_URL" in str(caught.value) and SECRET not in str(caught.value) and "x=***" in str(caught.value)
     )
-    remote = load_config(
+    remote = load_enricher_config(
         {
             "PROM_REMOTE_WRITE_URL": f"http://vm/api/v1/write?extra_label=team%3D{SECRET}",
             "METADATA_BUCKET": "b",
@@ -86,7 +86,7 @@ def test_a_base_url_has_no_query_and_every_url_setting_is_shown_redacted() -> No
 def test_sink_messages_show_urls_redacted() -> None:
     from refinery.sinks.prometheus_rw import PrometheusRemoteWriteSink
 
-    config = load_config(
+    config = load_enricher_config(
         {
             "PROM_REMOTE_WRITE_URL": f"http://127.0.0.1:9/api/v1/write?extra_label=k%3D{SECRET}",
             "METADATA_BUCKET": "b",
@@ -133,15 +133,17 @@ V1 = {"INFLUX_URL": "http://h:8086", "INFLUX_DATABASE": "cf", "METADATA_BUCKET":
 )
 def test_settings_accepted_silently_before_are_errors_naming_them(env: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(env, resolver=lambda *_: "x")
+        load_enricher_config(env, resolver=lambda *_: "x")
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
 
 
 def test_the_accepted_combinations_still_load() -> None:
-    assert load_config({**V1, "INFLUX_USERNAME": "u", "INFLUX_PASSWORD": "pw"}).influx is not None
+    assert load_enricher_config({**V1, "INFLUX_USERNAME": "u", "INFLUX_PASSWORD": "pw"}).influx is not None
     v2 = {"INFLUX_URL": "http://h", "INFLUX_TOKEN": "t", "INFLUX_ORG": "o", "INFLUX_BUCKET": "b"}
-    assert load_config({**v2, "METADATA_BUCKET": "b"}).influx.api == "v2"  # type: ignore[union-attr]
-    assert load_config({"METADATA_FILE": __file__, "QUARANTINE_BUCKET": "q"}).quarantine_bucket == "q"
+    assert load_enricher_config({**v2, "METADATA_BUCKET": "b"}).influx.api == "v2"  # type: ignore[union-attr]
+    assert (
+        load_enricher_config({"METADATA_FILE": __file__, "QUARANTINE_BUCKET": "q"}).quarantine_bucket == "q"
+    )
 
 
 # ------------------------------------------------------------------------ HTTP by wall clock

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from refinery.config import ConfigError, load_config
+from refinery.config import ConfigError, load_enricher_config, load_refresh_config
 from refinery.metadata.cc_factory import client_for
 
 
@@ -45,7 +45,7 @@ def test_a_pem_file_path_absolute_or_relative_to_the_function_directory(tmp_path
     bundle = tmp_path / "internal-ca.pem"
     bundle.write_text(PEM)
     monkeypatch.chdir(tmp_path)  # Lambda runs the function in its code directory
-    config = load_config(
+    config = load_enricher_config(
         INFLUX
         | CF
         | PROM
@@ -56,7 +56,7 @@ def test_a_pem_file_path_absolute_or_relative_to_the_function_directory(tmp_path
     assert config.cf.ca_bundle == config.influx.verify == config.prometheus.verify == str(bundle)
     client = client_for(config.cf)
     assert client.verify == str(bundle)
-    unset = load_config(INFLUX | CF)
+    unset = load_enricher_config(INFLUX | CF)
     assert unset.influx is not None and unset.influx.verify is True and unset.cf is not None
     assert client_for(unset.cf).verify is True
 
@@ -68,7 +68,7 @@ def test_the_pem_text_itself_or_a_secret_holding_it_becomes_a_file() -> None:
         calls.append((setting, kind, reference))
         return PEM
 
-    config = load_config(
+    config = load_enricher_config(
         INFLUX
         | CF
         | {"CF_CA_BUNDLE": PEM, "INFLUX_CA_BUNDLE_SECRET": "arn:aws:secretsmanager:r:1:secret:ca"},
@@ -84,19 +84,18 @@ def test_the_refresh_function_does_not_read_the_enrichers_bundles() -> None:
     def resolver(setting: str, kind: str, reference: str) -> str:
         raise AssertionError(f"{setting} read by the refresh function")
 
-    config = load_config(
+    config = load_refresh_config(
         CF | {"METADATA_BUCKET": "b", "INFLUX_CA_BUNDLE_SECRET": "arn:x", "PROM_CA_BUNDLE_SECRET": "arn:y"},
         resolver=resolver,
-        role="refresh",
     )
-    assert config.cf is not None and config.cf.ca_bundle is None
+    assert config.cf.ca_bundle is None
 
 
 def test_every_mistake_names_its_setting(tmp_path) -> None:
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello\n")
     with pytest.raises(ConfigError) as caught:
-        load_config(
+        load_enricher_config(
             INFLUX
             | CF
             | PROM
@@ -109,12 +108,14 @@ def test_every_mistake_names_its_setting(tmp_path) -> None:
     assert "no usable PEM certificate" in problems["INFLUX_CA_BUNDLE"]
     assert "PROM_VERIFY_TLS=false" in problems["PROM_CA_BUNDLE"]
     with pytest.raises(ConfigError, match="CF_CA_BUNDLE: the PEM text given holds no usable PEM certificate"):
-        load_config(CF | {"METADATA_BUCKET": "b", "CF_CA_BUNDLE": "-----BEGIN CERTIFICATE-----\nAAAA\n"})
+        load_enricher_config(
+            CF | {"METADATA_BUCKET": "b", "CF_CA_BUNDLE": "-----BEGIN CERTIFICATE-----\nAAAA\n"}
+        )
 
 
 def test_a_secret_must_hold_the_pem_itself() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(
+        load_enricher_config(
             CF | {"METADATA_BUCKET": "b", "CF_CA_BUNDLE_SECRET": "ca"}, resolver=lambda *_: "/etc/ca.pem"
         )
     assert caught.value.problems == ["CF_CA_BUNDLE_SECRET: 'ca' does not hold a PEM certificate"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinery.config import SETTINGS, ConfigError, load_config, parse_duration
+from refinery.config import SETTINGS, ConfigError, InfluxConfig, load_enricher_config, parse_duration
 
 
 def test_durations() -> None:
@@ -19,16 +19,18 @@ def test_durations() -> None:
 def test_defaults_with_a_local_snapshot(tmp_path) -> None:
     snapshot = tmp_path / "s.json.gz"
     snapshot.write_bytes(b"x")
-    config = load_config({"METADATA_FILE": str(snapshot)})
+    config = load_enricher_config({"METADATA_FILE": str(snapshot)})
     assert config.influx is None
     assert config.metadata_key == "metadata/apps.json.gz"
     assert config.snapshot_check_interval == 60
-    assert config.batch_size == 5000
+    assert (
+        InfluxConfig(url="http://x", api="v1").batch_size == 5000
+    )  # (the enricher has no batch size of its own)
     assert config.quarantine_prefix == "quarantine/"
 
 
 def test_v1_is_chosen_when_a_database_is_set() -> None:
-    config = load_config(
+    config = load_enricher_config(
         {
             "METADATA_BUCKET": "b",
             "INFLUX_URL": "http://127.0.0.1:8086/",
@@ -51,12 +53,14 @@ def test_v1_is_chosen_when_a_database_is_set() -> None:
 
 def test_v2_needs_org_bucket_and_token_and_every_problem_is_listed() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config({"INFLUX_URL": "ftp://x", "INFLUX_BATCH_SIZE": "0", "SNAPSHOT_CHECK_INTERVAL": "often"})
+        load_enricher_config(
+            {"INFLUX_URL": "ftp://x", "INFLUX_BATCH_SIZE": "0", "SNAPSHOT_CHECK_INTERVAL": "often"}
+        )
     text = str(caught.value)
     for name in ("INFLUX_URL", "INFLUX_BATCH_SIZE", "SNAPSHOT_CHECK_INTERVAL", "METADATA_BUCKET"):
         assert name in text
     with pytest.raises(ConfigError) as caught:
-        load_config({"INFLUX_URL": "http://x:8086", "METADATA_BUCKET": "b"})
+        load_enricher_config({"INFLUX_URL": "http://x:8086", "METADATA_BUCKET": "b"})
     assert {p.split(":")[0] for p in caught.value.problems} == {"INFLUX_ORG", "INFLUX_BUCKET", "INFLUX_TOKEN"}
 
 
@@ -67,7 +71,7 @@ def test_secret_references_are_resolved_and_failures_do_not_leak() -> None:
         calls.append((setting, kind, reference))
         return "s3cr3t-token"
 
-    config = load_config(
+    config = load_enricher_config(
         {
             "INFLUX_URL": "http://x:8086",
             "INFLUX_ORG": "o",
@@ -85,7 +89,7 @@ def test_secret_references_are_resolved_and_failures_do_not_leak() -> None:
         raise PermissionError("AccessDenied")
 
     with pytest.raises(ConfigError) as caught:
-        load_config(
+        load_enricher_config(
             {
                 "INFLUX_URL": "http://x:8086",
                 "INFLUX_ORG": "o",

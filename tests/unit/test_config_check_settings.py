@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from refinery.config import SETTINGS, SETTINGS_BY_NAME, ConfigError, InfluxConfig, load_config
+from refinery.config import SETTINGS, SETTINGS_BY_NAME, ConfigError, InfluxConfig, load_enricher_config
 from refinery_tools.config_check import influx_create_command, influx_hint, run_check, unknown_variables
 
 SNAPSHOT_ENV = {"METADATA_BUCKET": "b"}
@@ -45,7 +45,7 @@ def test_unknown_variables_with_our_prefixes_get_a_suggestion() -> None:
 )
 def test_parse_errors_are_plain_words(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config({**SNAPSHOT_ENV, name: value})
+        load_enricher_config({**SNAPSHOT_ENV, name: value})
     [problem] = caught.value.problems
     assert problem.startswith(message) and "literal" not in problem and "float()" not in problem
 
@@ -55,7 +55,7 @@ def test_integer_settings_are_listed_as_int() -> None:
     for name in ("INFLUX_BATCH_SIZE", "INFLUX_WRITE_CONCURRENCY", "LIVE_LOOKUP_MAX", "TIMESTAMP_HASH_DIGITS"):
         assert name in ints
     assert SETTINGS_BY_NAME["INFLUX_TIMEOUT"].kind == "duration"
-    assert all(s.kind != "string" or s.parse.__name__ in ("_str", "parse_s3_key") for s in SETTINGS)
+    assert all(s.kind != "string" or s.parse.__name__ in ("parse_text", "parse_s3_key") for s in SETTINGS)
 
 
 def test_the_create_commands_are_exact_and_quoted() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinery.config import ConfigError, load_config
+from refinery.config import ConfigError, load_enricher_config, load_refresh_config
 
 #: template.yaml's optional variables without a default (set only when their parameter is given).
 DROPPED_BY_AWS = ("CF_UAA_URL", "PROM_REMOTE_WRITE_URL", "RULES_KEY", "INFLUX_TIMEOUT", "FILTER_INCLUDE_APPS")
@@ -23,15 +23,18 @@ BASE = {
 }
 
 
-@pytest.mark.parametrize("role", ["enricher", "refresh"])
-def test_empty_optional_settings_configure_as_if_absent(role: str) -> None:
-    absent = load_config(BASE, role=role)
-    empty = load_config({**BASE, **dict.fromkeys(DROPPED_BY_AWS, "")}, role=role)
+def test_empty_optional_settings_configure_as_if_absent() -> None:
+    empty_env = {**BASE, **dict.fromkeys(DROPPED_BY_AWS, "")}
+    absent = load_enricher_config(BASE)
+    empty = load_enricher_config(empty_env)
     assert empty == absent
     assert empty.prometheus is None and empty.rules_key is None
     assert empty.cf is not None and empty.cf.uaa_url is None
+    refresh = load_refresh_config(empty_env)
+    assert refresh == load_refresh_config(BASE)
+    assert refresh.cf.uaa_url is None
 
 
 def test_an_empty_required_setting_is_still_missing() -> None:
     with pytest.raises(ConfigError, match="CF_API_URL"):
-        load_config({**BASE, "CF_API_URL": ""}, role="refresh")
+        load_refresh_config({**BASE, "CF_API_URL": ""})

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refinery.config import ConfigError, load_config
+from refinery.config import ConfigError, load_enricher_config
 from refinery.filters import PointFilter, parse_extra_tags
 from refinery.handlers.enricher import build_runtime
 from refinery.lineparse import parse_line, parse_series, render_line
@@ -62,7 +62,7 @@ def test_bad_settings_are_named(tmp_path) -> None:
     snapshot = tmp_path / "s.json.gz"
     snapshot.write_bytes(b"x")
     with pytest.raises(ConfigError) as caught:
-        load_config(
+        load_enricher_config(
             {
                 "METADATA_FILE": str(snapshot),
                 "FILTER_EXCLUDE_APPS": "test-(",
@@ -70,9 +70,9 @@ def test_bad_settings_are_named(tmp_path) -> None:
             }
         )
     assert [p.split(":")[0] for p in caught.value.problems] == ["FILTER_EXCLUDE_APPS", "EXTRA_TAGS"]
-    config = load_config({"METADATA_FILE": str(snapshot), "FILTER_EXCLUDE_APPS": "test-.*"})
+    config = load_enricher_config({"METADATA_FILE": str(snapshot), "FILTER_EXCLUDE_APPS": "test-.*"})
     assert config.point_filter is not None and config.point_filter.exclude_apps.pattern == "test-.*"
-    assert load_config({"METADATA_FILE": str(snapshot)}).point_filter is None
+    assert load_enricher_config({"METADATA_FILE": str(snapshot)}).point_filter is None
 
 
 def test_filters_match_whole_unescaped_names() -> None:
@@ -100,7 +100,7 @@ def test_extra_tags_are_escaped_and_inserted_in_order() -> None:
 
 
 def test_output_is_byte_identical_without_filters_rules_or_extra_tags(tmp_path) -> None:
-    config = load_config({"METADATA_FILE": str(ROOT / "events" / "sample-snapshot.json.gz")})
+    config = load_enricher_config({"METADATA_FILE": str(ROOT / "events" / "sample-snapshot.json.gz")})
     assert build_runtime(config, CollectingSink()).stage is None
     _, plain = run(tmp_path, None)
     _, inactive = run(tmp_path, PointStage(PointFilter()))

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refinery import tracing
-from refinery.config import load_config
+from refinery.config import load_enricher_config
 from refinery.observability import (
     BODY_LOGGERS,
     ENRICHER_METRICS,
@@ -193,10 +193,10 @@ def test_tls_warnings_are_logged_once_per_setting_and_only_when_off(tmp_path, mo
     with stream.open("w") as out:
         handler.setStream(out)  # type: ignore[attr-defined]
         reset_tls_warnings()
-        warn_if_tls_unverified(logger, load_config(env))  # defaults: verification on
+        warn_if_tls_unverified(logger, load_enricher_config(env))  # defaults: verification on
         off = env | {"INFLUX_VERIFY_TLS": "false", "CF_VERIFY_TLS": "false"}
         for _ in range(3):
-            warn_if_tls_unverified(logger, load_config(off))
+            warn_if_tls_unverified(logger, load_enricher_config(off))
     records = [json.loads(line) for line in stream.read_text().splitlines()]
     assert [(r["level"], r["setting"]) for r in records] == [
         ("WARNING", "INFLUX_VERIFY_TLS"),
@@ -211,7 +211,7 @@ def test_credentials_inside_a_url_are_refused_without_being_echoed() -> None:
 
     env = {"METADATA_FILE": __file__, "INFLUX_URL": "https://writer:hunter2@influx.example.com"}
     with pytest.raises(ConfigError) as caught:
-        load_config(env | {"INFLUX_DATABASE": "cf"})
+        load_enricher_config(env | {"INFLUX_DATABASE": "cf"})
     assert "INFLUX_URL: must not hold credentials" in str(caught.value)
     assert "hunter2" not in str(caught.value)
 

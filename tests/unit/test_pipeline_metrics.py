@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from refinery.config import ConfigError, load_config
+from refinery.config import ConfigError, load_enricher_config, load_refresh_config
 from refinery.lineparse import parse_line
 from refinery.pipeline_metrics import MEASUREMENT, batch_line, batch_topics, failure_line, write_line
 from refinery.sinks import Deadline, PrintSink
@@ -92,16 +92,16 @@ def test_the_setting_is_off_by_default_and_needs_influxdb(tmp_path) -> None:
     snapshot = tmp_path / "s.json.gz"
     snapshot.write_bytes(b"x")
     base = {"METADATA_FILE": str(snapshot)}
-    assert load_config(base).pipeline_metrics is False
+    assert load_enricher_config(base).pipeline_metrics is False
     influx = {"INFLUX_URL": "http://127.0.0.1:8086", "INFLUX_DATABASE": "cf"}
-    assert load_config(base | influx | {"PIPELINE_METRICS": "true"}).pipeline_metrics is True
+    assert load_enricher_config(base | influx | {"PIPELINE_METRICS": "true"}).pipeline_metrics is True
     refresh = {"METADATA_BUCKET": "b", "CF_API_URL": "https://api.cf", "CF_CLIENT_ID": "c"}
     refresh |= {"CF_CLIENT_SECRET": "s", "PIPELINE_METRICS": "true"}
-    assert load_config(refresh, role="refresh").pipeline_metrics is False  # the enricher's only
+    assert not hasattr(load_refresh_config(refresh), "pipeline_metrics")  # the enricher's only
     with pytest.raises(ConfigError) as caught:
-        load_config(base | {"PIPELINE_METRICS": "true"})
+        load_enricher_config(base | {"PIPELINE_METRICS": "true"})
     assert caught.value.problems == [
         "PIPELINE_METRICS: requires INFLUX_URL (the points are written to InfluxDB)"
     ]
     with pytest.raises(ConfigError, match="PIPELINE_METRICS: 'maybe' is not a boolean"):
-        load_config(base | influx | {"PIPELINE_METRICS": "maybe"})
+        load_enricher_config(base | influx | {"PIPELINE_METRICS": "maybe"})

@@ -15,7 +15,7 @@ import cramjam
 import pytest
 
 from refinery import __version__
-from refinery.config import PrometheusConfig, load_config
+from refinery.config import PrometheusConfig, load_enricher_config
 from refinery.sinks import Deadline, FlushError, build_sink
 from refinery.sinks.fanout import FanoutSink
 from refinery.sinks.prometheus_rw import PrometheusRemoteWriteSink, label_name, metric_name
@@ -206,24 +206,24 @@ def test_settings_build_the_sinks(tmp_path) -> None:
     snapshot = tmp_path / "s.json.gz"
     snapshot.write_bytes(b"x")
     base = {"METADATA_FILE": str(snapshot), "PROM_REMOTE_WRITE_URL": "http://127.0.0.1:9/api/v1/write"}
-    alone = build_sink(None, load_config(base).prometheus)
+    alone = build_sink(None, load_enricher_config(base).prometheus)
     assert isinstance(alone, PrometheusRemoteWriteSink)
     both = build_sink(
-        load_config({**base, "INFLUX_URL": "http://127.0.0.1:9", "INFLUX_DATABASE": "cf"}).influx,
-        load_config(base).prometheus,
+        load_enricher_config({**base, "INFLUX_URL": "http://127.0.0.1:9", "INFLUX_DATABASE": "cf"}).influx,
+        load_enricher_config(base).prometheus,
     )
     assert isinstance(both, FanoutSink) and both.name == "influxdb-v1+prometheus-remote-write"
 
     def resolver(setting: str, kind: str, reference: str) -> str:
         return f"resolved-{setting}"
 
-    config = load_config({**base, "PROM_BEARER_TOKEN_SECRET": "arn:secret"}, resolver=resolver)
+    config = load_enricher_config({**base, "PROM_BEARER_TOKEN_SECRET": "arn:secret"}, resolver=resolver)
     assert config.prometheus is not None and config.prometheus.bearer_token == "resolved-PROM_BEARER_TOKEN"
     assert "resolved" not in repr(config)
     with pytest.raises(Exception, match="PROM_BEARER_TOKEN: give a bearer token or"):
-        load_config({**base, "PROM_BEARER_TOKEN": "t", "PROM_USERNAME": "u"})
+        load_enricher_config({**base, "PROM_BEARER_TOKEN": "t", "PROM_USERNAME": "u"})
     with pytest.raises(Exception, match="PROM_USERNAME: required with PROM_PASSWORD"):
-        load_config({**base, "PROM_PASSWORD": "p"})
+        load_enricher_config({**base, "PROM_PASSWORD": "p"})
 
 
 def test_both_sinks_must_acknowledge_and_refusals_are_merged() -> None:

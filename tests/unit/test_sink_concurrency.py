@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refinery.config import load_config
+from refinery.config import load_enricher_config
 from refinery.sinks.base import Deadline, FlushError, Misconfigured, Refused, Retryable, Sink, WriteReport
 from refinery.sinks.influx_v1 import InfluxV1Sink
 
@@ -141,7 +141,9 @@ def test_concurrent_writes_end_like_writes_in_order(
 
 def test_the_influx_v1_sink_takes_its_concurrency_from_the_setting() -> None:
     base = {"INFLUX_URL": "http://127.0.0.1:1", "INFLUX_DATABASE": "db", "METADATA_BUCKET": "snapshots"}
-    assert InfluxV1Sink(load_config(base).influx).concurrency == 2
-    assert InfluxV1Sink(load_config({**base, "INFLUX_WRITE_CONCURRENCY": "1"}).influx).concurrency == 1
+    assert InfluxV1Sink(load_enricher_config(base).influx).concurrency == 2
+    assert (
+        InfluxV1Sink(load_enricher_config({**base, "INFLUX_WRITE_CONCURRENCY": "1"}).influx).concurrency == 1
+    )
     with pytest.raises(Exception, match="INFLUX_WRITE_CONCURRENCY"):
-        load_config({**base, "INFLUX_WRITE_CONCURRENCY": "17"})
+        load_enricher_config({**base, "INFLUX_WRITE_CONCURRENCY": "17"})

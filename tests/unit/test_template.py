@@ -645,18 +645,18 @@ def test_an_unset_optional_parameter_leaves_its_variable_unset() -> None:
 
 
 def test_the_functions_load_their_settings_with_the_template_defaults() -> None:
-    from refinery.config import load_config
+    from refinery.config import load_enricher_config, load_refresh_config
 
     def resolver(setting: str, kind: str, reference: str) -> str:
         return "from-" + reference
 
     for function in ENRICHERS:
         env = _environment(function, {"InfluxOrg": "o", "InfluxBucket": "b", "InfluxTokenSecretArn": "arn:t"})
-        config = load_config(env, resolver=resolver, role="enricher")
+        config = load_enricher_config(env, resolver=resolver)
         assert config.influx is not None and config.influx.token == "from-arn:t"
         assert config.quarantine_bucket == "<MetadataBucket>" and config.point_filter is None
-    config = load_config(_environment("MetadataRefreshFunction"), resolver=resolver, role="refresh")
-    assert config.cf is not None and config.max_app_loss == 0.5 and config.refresh_force is False
+    refresh = load_refresh_config(_environment("MetadataRefreshFunction"), resolver=resolver)
+    assert refresh.cf.api_url and refresh.max_app_loss == 0.5 and refresh.refresh_force is False
 
 
 def test_every_environment_fits_lambdas_4_kb_with_every_parameter_given() -> None:

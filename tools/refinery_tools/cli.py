@@ -54,13 +54,13 @@ def _say_hint(error: BaseException, config: Any) -> None:
 
 
 def invoke_enricher(event: Any, *, dry_run: bool, timeout: float) -> int:
-    from refinery.config import ConfigError, load_config
+    from refinery.config import ConfigError, load_enricher_config
     from refinery.sinks import PrintSink
     from refinery_tools.lambda_context import LocalContext
     from refinery_tools.localkafka.commands import quarantine_root
 
     try:
-        config = load_config()
+        config = load_enricher_config()
     except ConfigError as exc:
         print(f"refinery: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -72,6 +72,8 @@ def invoke_enricher(event: Any, *, dry_run: bool, timeout: float) -> int:
         from refinery_tools.dryrun import PrintQuarantine
 
         runtime.quarantine = PrintQuarantine(runtime.quarantine, sys.stderr)
+        if runtime.stage is not None and runtime.stage.ledger is not None:
+            runtime.stage.ledger.read_only = True  # the recording rules' ledger: read, never written
     enricher.reset_runtime(runtime)
     try:
         # Logs and EMF metrics go to stderr: stdout carries only the line protocol or the result.
@@ -199,9 +201,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"refinery: replay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         with contextlib.suppress(Exception):
-            from refinery.config import load_config
+            from refinery.config import load_enricher_config
 
-            _say_hint(exc, load_config())
+            _say_hint(exc, load_enricher_config())
         return EXIT_ERROR
     report.print_summary(sys.stderr)
     if not args.dry_run:  # stdout is the line protocol in a dry run

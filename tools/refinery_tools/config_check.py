@@ -2,7 +2,7 @@
 
 Two stages, grouped in the report:
 
-1. **settings** — every variable parsed and validated (:func:`refinery.config.load_config`, every
+1. **settings** — every variable parsed and validated (:func:`refinery.config.load_enricher_config`, every
    problem at once), plus a warning for each variable that looks like ours (a setting's prefix, such
    as ``INFLUX_`` or ``CF_``) but is not one, with the closest setting ("did you mean");
 2. **connectivity** (unless ``--offline``) — secret references resolved; InfluxDB reachable, the
@@ -30,10 +30,10 @@ from typing import Any, TextIO
 
 from refinery.config import (
     SETTINGS,
-    Config,
     ConfigError,
+    EnricherConfig,
     InfluxConfig,
-    load_config,
+    load_enricher_config,
     redact_url,
     resolve_secret_reference,
 )
@@ -233,16 +233,18 @@ def _aws_error(exc: BaseException) -> str:
     return f"{name}: {text}" if trusted and text else name
 
 
-def check_settings(env: Mapping[str, str], report: Report, resolver: RecordingResolver) -> Config | None:
+def check_settings(
+    env: Mapping[str, str], report: Report, resolver: RecordingResolver
+) -> EnricherConfig | None:
     section = report.section("settings")
     configured = sorted(n for n in env if n in known_names() and n not in INTERNAL)
     unknown = unknown_variables(env)
     for name, close in unknown:
         hint = f"; did you mean {close}?" if close else ""
         section.add(WARN, f"{name} is set but is not a Refinery setting (it is ignored){hint}")
-    config: Config | None = None
+    config: EnricherConfig | None = None
     try:
-        loaded = load_config(env, resolver=resolver)
+        loaded = load_enricher_config(env, resolver=resolver)
         _check_rules_file(loaded)
         _check_routes_file(loaded)
         config = loaded
@@ -261,7 +263,7 @@ def check_settings(env: Mapping[str, str], report: Report, resolver: RecordingRe
     return config
 
 
-def _check_rules_file(config: Config) -> None:
+def _check_rules_file(config: EnricherConfig) -> None:
     if not config.rules_file:  # a rules file in S3 is read by the connectivity stage
         return
     from refinery.rules.loader import RulesError, parse_rules
@@ -273,7 +275,7 @@ def _check_rules_file(config: Config) -> None:
             raise ConfigError(exc.problems) from None
 
 
-def _check_routes_file(config: Config) -> None:
+def _check_routes_file(config: EnricherConfig) -> None:
     """The tenant routing table bundled (ROUTES_FILE), validated as the enricher would load it."""
     if not config.routes_file:  # a table in S3 is read by the connectivity stage
         return
@@ -354,7 +356,7 @@ def influx_hint(error: str, influx: InfluxConfig | None) -> str | None:
     return None
 
 
-def check_influx(config: Config, report: Report, resolver: RecordingResolver) -> None:
+def check_influx(config: EnricherConfig, report: Report, resolver: RecordingResolver) -> None:
     import requests
 
     influx = config.influx
@@ -496,7 +498,7 @@ def _check_influx_v2(session: Any, influx: InfluxConfig, timeout: Any, section: 
 # ----------------------------------------------------------------------- Prometheus remote write
 
 
-def check_prometheus(config: Config, report: Report, resolver: RecordingResolver) -> None:
+def check_prometheus(config: EnricherConfig, report: Report, resolver: RecordingResolver) -> None:
     import requests
 
     prom = config.prometheus
@@ -561,7 +563,7 @@ def _s3_problem(exc: BaseException) -> str:
     return _aws_error(exc)
 
 
-def check_snapshot(config: Config, report: Report, client_factory: Callable[[], Any]) -> None:
+def check_snapshot(config: EnricherConfig, report: Report, client_factory: Callable[[], Any]) -> None:
     from refinery.metadata.snapshot import SnapshotError, decode_snapshot
     from refinery.metadata.store import FileSnapshotSource, S3SnapshotSource, SnapshotUnavailable
     from refinery.observability import snapshot_age_s
@@ -598,7 +600,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def check_buckets(config: Config, report: Report, client_factory: Callable[[], Any]) -> None:
+def check_buckets(config: EnricherConfig, report: Report, client_factory: Callable[[], Any]) -> None:
     section = report.section("quarantine and rules")
     if config.quarantine_bucket:
         try:
@@ -632,7 +634,7 @@ def check_buckets(config: Config, report: Report, client_factory: Callable[[], A
         _check_routes_object(config, section, client_factory)
 
 
-def _check_routes_object(config: Config, section: Section, client_factory: Callable[[], Any]) -> None:
+def _check_routes_object(config: EnricherConfig, section: Section, client_factory: Callable[[], Any]) -> None:
     """The routing table in S3 (ROUTES_KEY in METADATA_BUCKET): readable and valid."""
     from refinery.routing import RoutesError, routing_book
 
@@ -662,7 +664,7 @@ def _check_routes_object(config: Config, section: Section, client_factory: Calla
 PROBE_GUID = "00000000-0000-4000-8000-000000000000"
 
 
-def check_cloud_controller(config: Config, report: Report, resolver: RecordingResolver) -> None:
+def check_cloud_controller(config: EnricherConfig, report: Report, resolver: RecordingResolver) -> None:
     from refinery.metadata.cc_client import CloudControllerAuthError, CloudControllerError
     from refinery.metadata.cc_factory import client_for
 

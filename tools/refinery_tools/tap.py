@@ -376,10 +376,10 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    from refinery.config import ConfigError, load_config
+    from refinery.config import ConfigError, load_enricher_config
 
     try:
-        config = load_config()
+        config = load_enricher_config()
     except ConfigError as exc:
         print(f"refinery tap: {exc}", file=sys.stderr)
         return EXIT_ERROR

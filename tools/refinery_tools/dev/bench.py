@@ -1407,7 +1407,7 @@ def bench_end_to_end(
 ) -> EndToEnd:
     import requests
 
-    from refinery.config import load_config
+    from refinery.config import load_enricher_config
     from refinery.handlers import enricher
     from refinery_tools.lambda_context import LocalContext
 
@@ -1438,7 +1438,7 @@ def bench_end_to_end(
             "INFLUX_GZIP": str(gzip_on).lower(),
         }
         with patched_environ({**settings, "METADATA_BUCKET": bucket, "METADATA_FILE": None}):
-            config = load_config()
+            config = load_enricher_config()
         enricher.reset_runtime(enricher.build_runtime(config))
 
         def invoke() -> dict[str, Any]:

@@ -100,7 +100,7 @@ def run_demo(out: TextIO | None = None, *, verbose: bool = False) -> int:
 def _refresh_then_enrich(out: TextIO, foundation: Foundation, verbose: bool) -> int:
     import boto3
 
-    from refinery.config import load_config
+    from refinery.config import load_enricher_config
     from refinery.handlers import enricher, metadata_refresh
     from refinery.sinks import PrintSink
     from refinery_tools.lambda_context import LocalContext
@@ -124,7 +124,7 @@ def _refresh_then_enrich(out: TextIO, foundation: Foundation, verbose: bool) -> 
         space = next(s for s in foundation.spaces.values() if s.guid == SAMPLE_APP.space_guid)
         foundation.add_app(NEW_APP[0], space.guid, guid=NEW_APP[1])
         print(f"then app {NEW_APP[0]!r} ({NEW_APP[1]}) was created: it is not in the snapshot", file=out)
-        config = load_config()
+        config = load_enricher_config()
         envelopes = demo_envelopes()
         event = build_kafka_event(envelopes, partitions=2)
         printed = io.StringIO()

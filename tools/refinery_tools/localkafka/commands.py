@@ -80,14 +80,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Refinery")
     if not args.verbose:  # per-batch INFO lines drown the progress line; warnings and errors still show
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    from refinery.config import ConfigError, load_config
+    from refinery.config import ConfigError, load_enricher_config
     from refinery.sinks import FlushError
     from refinery_tools.config_check import influx_hint
     from refinery_tools.localkafka.connect import KafkaUnavailable, quiet_kafka_logs
     from refinery_tools.localkafka.mapping import EventSourceMapping, MappingError, MappingOptions
 
     try:
-        config = load_config()
+        config = load_enricher_config()
     except ConfigError as exc:
         return _fail("consume", str(exc))
     from refinery.handlers import enricher
@@ -101,6 +101,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
         from refinery_tools.dryrun import PrintQuarantine
 
         runtime.quarantine = PrintQuarantine(runtime.quarantine)
+        if runtime.stage is not None and runtime.stage.ledger is not None:
+            runtime.stage.ledger.read_only = True  # the recording rules' ledger: read, never written
     enricher.reset_runtime(runtime)
     if args.dry_run:
         target = "dry run: printing the line protocol on stdout and would-be quarantined records on stderr"

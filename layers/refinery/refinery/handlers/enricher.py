@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import snapstart
-from ..config import Config, load_config
+from ..config import EnricherConfig, load_enricher_config
 from ..kafka_event import describe
 from ..metadata.cc_factory import client_for
 from ..metadata.store import FileSnapshotSource, MetadataStore, S3SnapshotSource
@@ -49,7 +49,7 @@ snapstart.prepare(
 
 @dataclass
 class Runtime:
-    config: Config
+    config: EnricherConfig
     store: MetadataStore
     sink: Sink
     quarantine: Quarantine
@@ -60,7 +60,7 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def build_runtime(config: Config, sink: Sink | None = None) -> Runtime:
+def build_runtime(config: EnricherConfig, sink: Sink | None = None) -> Runtime:
     source = (
         FileSnapshotSource(config.metadata_file)
         if config.metadata_file
@@ -94,7 +94,7 @@ def build_runtime(config: Config, sink: Sink | None = None) -> Runtime:
     )
 
 
-def point_stage(config: Config) -> PointStage | None:
+def point_stage(config: EnricherConfig) -> PointStage | None:
     """Filters, extra tags and recording rules, when any is configured (imported only then)."""
     if config.point_filter is None and not config.rules_file and not config.rules_key:
         return None
@@ -116,7 +116,7 @@ def runtime() -> Runtime:
     """The container's state, built on first use; a configuration error names every bad setting."""
     global _runtime
     if _runtime is None:
-        config = load_config()
+        config = load_enricher_config()
         warn_if_tls_unverified(logger, config)
         log_implementation(logger)
         _runtime = build_runtime(config)

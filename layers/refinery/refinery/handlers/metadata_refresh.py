@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import snapstart
-from ..config import ConfigError, load_config
+from ..config import ConfigError, load_refresh_config
 from ..metadata.cc_factory import client_for
 from ..metadata.refresh import refresh_snapshot
 from ..observability import (
@@ -39,13 +39,12 @@ TIME_RESERVE = 5.0
 @trace_handler
 def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     try:
-        config = load_config(role="refresh")
+        config = load_refresh_config()
     except ConfigError as exc:
         emit_failure_metric(metrics, "RefreshFailures")
         logger.error("metadata refresh not started: invalid configuration", extra=error_fields(exc))
         raise
     warn_if_tls_unverified(logger, config)
-    assert config.cf is not None and config.metadata_bucket is not None
     force = config.refresh_force or bool(isinstance(event, dict) and event.get("force") is True)
     deadline = time.monotonic() + max(1.0, context.get_remaining_time_in_millis() / 1000.0 - TIME_RESERVE)
     from ..s3 import BoundedClient, make_client

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from cachetools import TTLCache
 
 from ..awsclient import error_code, is_aws_failure
+from ..config import default_of
 from ..s3 import LazyS3Client, ObjectTooLarge, S3Timeout, time_limit
 from ..tracing import traced
 from ..transform import AppTags
@@ -179,14 +180,14 @@ class MetadataStore:
     """
 
     source: SnapshotSource
-    check_interval: float = 60.0
+    check_interval: float = default_of("SNAPSHOT_CHECK_INTERVAL")
     clock: Callable[[], float] = time.monotonic
-    expire: float = 180.0
-    cache_size: int = 200_000
-    negative_expire: float = 1200.0
+    expire: float = default_of("METADATA_EXPIRE")
+    cache_size: int = default_of("METADATA_CACHE_SIZE")
+    negative_expire: float = default_of("NEGATIVE_CACHE_EXPIRE")
     live: AppLookup | None = None
-    live_max: int = 50
-    live_budget: float = 5.0
+    live_max: int = default_of("LIVE_LOOKUP_MAX")
+    live_budget: float = default_of("LIVE_LOOKUP_BUDGET")
     snapshot: Snapshot | None = None
     etag: str | None = None
     loaded_at: float | None = None

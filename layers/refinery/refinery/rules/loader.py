@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import parse_duration
+from ..config import default_of, parse_duration
 from ..metadata.store import SnapshotSource
 from ..watched import WatchedDocument, WatchStats
 from .model import AGGREGATIONS, INFLUX_OUTPUTS, OPERATORS, Matcher, Rule, RuleSet
@@ -269,7 +269,7 @@ class RuleBook(WatchedDocument[RuleSet]):
     def __init__(
         self,
         source: SnapshotSource,
-        check_interval: float = 60.0,
+        check_interval: float = default_of("RULES_CHECK_INTERVAL"),
         clock: Callable[[], float] = time.monotonic,
     ):
         super().__init__(

@@ -44,7 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from ..config import ConfigError
+from ..config import ConfigError, default_of
 from ..retry import NoRetry, RetryPolicy
 from ..tracing import traced
 from .refusal import diagnose
@@ -127,7 +127,7 @@ class Deadline:
     """
 
     remaining_ms: Callable[[], int]
-    reserve: float = 3.0
+    reserve: float = default_of("FLUSH_TIME_RESERVE")
 
     def __post_init__(self) -> None:
         total = self.remaining_ms() / 1000.0
@@ -189,9 +189,9 @@ class Sink:
 
     def __init__(
         self,
-        batch_size: int = 5000,
-        timeout: float = 10.0,
-        max_retry_wait: float = 30.0,
+        batch_size: int = default_of("INFLUX_BATCH_SIZE"),
+        timeout: float = default_of("INFLUX_TIMEOUT"),
+        max_retry_wait: float = default_of("INFLUX_MAX_RETRY_WAIT"),
         sleep: Callable[[float], None] = time.sleep,
         base_delay: float = 0.2,
         concurrency: int = 1,

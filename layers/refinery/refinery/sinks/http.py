@@ -32,7 +32,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .. import __version__
-from ..config import redact_url
+from ..config import HttpWriteConfig, redact_url
 from ..retry_after import parse_retry_after
 from .base import Misconfigured, Retryable, Sink, classify_status
 from .gzip_body import gzip_body
@@ -241,6 +241,17 @@ def excerpt(text: str, size: int = 500) -> str:
     """An answer's body on one line, cut at ``size`` characters (for messages and quarantine details)."""
     flat = " ".join(text.split())
     return flat[:size] + ("…" if len(flat) > size else "")
+
+
+def write_settings(config: HttpWriteConfig) -> dict[str, Any]:
+    """The :class:`HttpSink` arguments of the transport settings every HTTP write sink shares
+    (``INFLUX_*`` / ``PROM_*``: batch size, timeout, TLS verification, longest retry wait)."""
+    return {
+        "verify": config.verify,
+        "batch_size": config.batch_size,
+        "timeout": config.timeout,
+        "max_retry_wait": config.max_retry_wait,
+    }
 
 
 class HttpSink(Sink):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import InfluxConfig
-from .http import HttpSink
+from .http import HttpSink, write_settings
 
 
 class InfluxV1Sink(HttpSink):
@@ -19,11 +19,8 @@ class InfluxV1Sink(HttpSink):
             f"{config.url}/write",
             params=params,
             headers={"Content-Type": "text/plain; charset=utf-8"},
-            verify=config.verify,
             gzip=config.gzip,
-            batch_size=config.batch_size,
-            timeout=config.timeout,
-            max_retry_wait=config.max_retry_wait,
+            **write_settings(config),
             concurrency=config.write_concurrency,
             **kwargs,
         )

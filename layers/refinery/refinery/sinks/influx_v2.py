@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import InfluxConfig
-from .http import HttpSink
+from .http import HttpSink, write_settings
 
 
 class InfluxV2Sink(HttpSink):
@@ -27,11 +27,8 @@ class InfluxV2Sink(HttpSink):
                 "Content-Type": "text/plain; charset=utf-8",
                 "Authorization": f"Token {config.token}",
             },
-            verify=config.verify,
             gzip=config.gzip,
-            batch_size=config.batch_size,
-            timeout=config.timeout,
-            max_retry_wait=config.max_retry_wait,
+            **write_settings(config),
             **kwargs,
         )
         self.config = config
