@@ -11,7 +11,7 @@ from .model import Destination, RoutesError, RoutesUnavailable, RoutingTable, Su
 from .table import parse_routes
 
 if TYPE_CHECKING:
-    from ..config import Config, InfluxConfig
+    from ..config import EnricherConfig, InfluxConfig
     from ..metadata.store import MetadataStore
     from ..watched import WatchedDocument
 
@@ -146,7 +146,7 @@ def default_destination(influx: InfluxConfig) -> Destination:
     return Destination(bucket=influx.bucket)
 
 
-def routing_book(config: Config) -> WatchedDocument[RoutingTable] | None:
+def routing_book(config: EnricherConfig) -> WatchedDocument[RoutingTable] | None:
     """The configured routing table (ROUTES_FILE or ROUTES_KEY in METADATA_BUCKET), not loaded yet."""
     if not (config.routes_file or config.routes_key) or config.influx is None:
         return None
@@ -175,7 +175,7 @@ def routing_book(config: Config) -> WatchedDocument[RoutingTable] | None:
     )
 
 
-def build_router(config: Config, store: MetadataStore) -> Router | None:
+def build_router(config: EnricherConfig, store: MetadataStore) -> Router | None:
     """The enricher's router (None: no routing table configured)."""
     book = routing_book(config)
     return Router(book, store) if book is not None else None
