@@ -27,6 +27,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 
+from refinery.config import default_of
 from refinery.metadata.cc_documents import (
     ListStats,
     collect_apps,
@@ -81,7 +82,7 @@ class CloudControllerClient(CloudControllerTransport):
         client_secret: str,
         *,
         uaa_url: str | None = None,
-        timeout: tuple[float, float] = (5.0, 30.0),
+        timeout: tuple[float, float] = (5.0, default_of("CF_TIMEOUT")),  # connect, read
         verify_tls: bool = True,
         ca_bundle: str | None = None,
         per_page: int = MAX_PER_PAGE,
