@@ -484,7 +484,10 @@ def test_settings_that_were_accepted_silently_are_configuration_errors(stack, ru
 
 def test_each_retry_is_logged_with_its_cause_and_the_final_error_reads_clearly(stack, run, caplog) -> None:
     stack.setenv(INFLUX_URL=f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    with caplog.at_level(logging.WARNING, logger="refinery.sinks.base"), pytest.raises(FlushError) as caught:
+    with (
+        caplog.at_level(logging.WARNING, logger="refinery.sinks.chunked"),
+        pytest.raises(FlushError) as caught,
+    ):
         run(event_of(("http", "log"), 20), timeout=3)
     retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
     assert len(retries) >= 3

@@ -34,7 +34,8 @@ from refinery.config import (
 )
 from refinery.metadata.store import MetadataStore
 from refinery.rules.loader import RuleBook
-from refinery.sinks.base import Deadline, Sink
+from refinery.sinks.base import Deadline
+from refinery.sinks.chunked import ChunkedSink
 
 #: (class or callable, parameter or field) -> the setting whose default it must carry.
 HOMES: dict[tuple[Any, str], str] = {
@@ -80,9 +81,9 @@ HOMES: dict[tuple[Any, str], str] = {
     (MetadataStore, "live_max"): "LIVE_LOOKUP_MAX",
     (MetadataStore, "live_budget"): "LIVE_LOOKUP_BUDGET",
     (Deadline, "reserve"): "FLUSH_TIME_RESERVE",
-    (Sink.__init__, "batch_size"): "INFLUX_BATCH_SIZE",
-    (Sink.__init__, "timeout"): "INFLUX_TIMEOUT",
-    (Sink.__init__, "max_retry_wait"): "INFLUX_MAX_RETRY_WAIT",
+    (ChunkedSink.__init__, "batch_size"): "INFLUX_BATCH_SIZE",
+    (ChunkedSink.__init__, "timeout"): "INFLUX_TIMEOUT",
+    (ChunkedSink.__init__, "max_retry_wait"): "INFLUX_MAX_RETRY_WAIT",
     (RuleBook.__init__, "check_interval"): "RULES_CHECK_INTERVAL",
 }
 

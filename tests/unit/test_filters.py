@@ -18,7 +18,8 @@ from refinery.metadata.store import FileSnapshotSource, MetadataStore
 from refinery.pipeline import BatchResult, process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine
-from refinery.sinks import Deadline, Sink
+from refinery.sinks import Deadline
+from refinery.sinks.chunked import ChunkedSink
 from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
 from refinery_tools.events import build_kafka_event
 from support.collecting_sink import CollectingSink
@@ -149,7 +150,7 @@ def test_a_partial_failure_keeps_the_filtered_accounting(tmp_path) -> None:
     from refinery_tools.dev.envelopes import http_envelope, log_envelope
     from refinery_tools.dev.samples import SAMPLE_APP
 
-    class FailingSink(Sink):
+    class FailingSink(ChunkedSink):
         def __init__(self) -> None:
             super().__init__(batch_size=2)
             self.ok = 1

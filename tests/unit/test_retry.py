@@ -6,7 +6,7 @@ import pytest
 
 from refinery.metadata.cc_client import CloudControllerClient
 from refinery.retry import ASKED_TOO_LONG, PAST_DEADLINE, NoRetry, RetryPolicy
-from refinery.sinks.base import Sink
+from refinery.sinks.chunked import ChunkedSink
 
 LOW, HIGH = (lambda: 0.0), (lambda: 1.0)  # the jitter's two ends
 
@@ -45,7 +45,7 @@ def test_no_wait_leaves_the_next_attempt_less_than_it_needs_before_the_deadline(
 
 
 def test_the_sinks_and_the_cloud_controller_client_share_it_with_their_own_limits() -> None:
-    sink = Sink(max_retry_wait=30.0, base_delay=0.2)
+    sink = ChunkedSink(max_retry_wait=30.0, base_delay=0.2)
     assert sink.retry == RetryPolicy(base=0.2, cap=30.0, cap_server_wait=True)
     client = CloudControllerClient(
         "https://api.example.com", "id", "secret", backoff_base=0.5, backoff_cap=20.0, max_retry_wait=120.0

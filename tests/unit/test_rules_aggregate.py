@@ -39,6 +39,7 @@ from refinery.rules.aggregate import REMOTE_WRITE, aggregate_timestamp, contribu
 from refinery.rules.loader import RuleBook
 from refinery.sinks import Deadline, FlushError, Sink, WriteReport
 from refinery.sinks.base import Misconfigured, Refused
+from refinery.sinks.chunked import ChunkedSink
 from refinery.sinks.fanout import FanoutSink
 
 DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
@@ -52,7 +53,7 @@ class RemoteCollectingSink(CollectingSink):
     family = REMOTE_WRITE
 
 
-class RefusingSink(Sink):
+class RefusingSink(ChunkedSink):
     """The base sink's chunking and splitting, refusing (400) any request holding a matching line."""
 
     def __init__(self, refuse: str, batch_size: int = 5000, family: str = "influx") -> None:
@@ -69,7 +70,7 @@ class RefusingSink(Sink):
         self.written.extend(lines)
 
 
-class FailingSink(Sink):
+class FailingSink(ChunkedSink):
     """Acknowledges the first ``ok`` chunks, then the server refuses the token."""
 
     def __init__(self, ok: int, batch_size: int, family: str = "influx") -> None:

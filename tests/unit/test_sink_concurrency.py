@@ -15,13 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refinery.config import load_enricher_config
-from refinery.sinks.base import Deadline, FlushError, Misconfigured, Refused, Retryable, Sink, WriteReport
+from refinery.sinks.base import Deadline, FlushError, Misconfigured, Refused, Retryable, WriteReport
+from refinery.sinks.chunked import ChunkedSink
 from refinery.sinks.influx_v1 import InfluxV1Sink
 
 FOREVER = Deadline(lambda: 10_000_000, reserve=0.0)
 
 
-class Scripted(Sink):
+class Scripted(ChunkedSink):
     """Lines are ``"<n>"``; a request fails for good when it holds a line in ``fail``, is refused
     when it holds one in ``refuse`` (split until isolated), and is retried once when it holds one in
     ``flaky`` (answered 503 the first time that exact body is sent)."""
@@ -60,7 +61,7 @@ class Scripted(Sink):
                 self.in_flight -= 1
 
 
-def outcome(sink: Sink, lines: Sequence[str]) -> tuple[object, ...]:
+def outcome(sink: ChunkedSink, lines: Sequence[str]) -> tuple[object, ...]:
     try:
         report = sink.write(lines, FOREVER)
     except FlushError as exc:

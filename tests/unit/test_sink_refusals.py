@@ -27,6 +27,7 @@ from refinery.sinks.base import (
     Sink,
     WriteReport,
 )
+from refinery.sinks.chunked import ChunkedSink
 from refinery.sinks.fanout import FanoutSink
 from refinery.sinks.refusal import Conflict, diagnose, error_text, field_type
 
@@ -46,7 +47,7 @@ def line(measurement: str, value: str, t: int, tag: str = "a") -> str:
     return f"{measurement},app={tag} duration={value} {t}"
 
 
-class InfluxLike(Sink):
+class InfluxLike(ChunkedSink):
     """InfluxDB 1.x/2.x's write semantics on the lines of each request: a field's type is fixed per shard
     by the first point that has it; a point of another type is dropped, the others are written; the
     answer names the first conflict and counts the dropped points."""
@@ -145,7 +146,7 @@ def test_influxdb2_s_422_with_a_message_body_is_read_alike() -> None:
     assert len(report.rejected) == 25 and sink.requests == 2
 
 
-class V3Like(Sink):
+class V3Like(ChunkedSink):
     """InfluxDB 3's partial write: the refused lines named by number (from 1), at most ``limit`` of them."""
 
     name = "v3-like"
@@ -182,7 +183,7 @@ def test_influxdb3_names_the_lines_and_the_rest_is_sent_once_more() -> None:
 
 
 def test_an_unreadable_refusal_is_bisected() -> None:
-    class Opaque(Sink):
+    class Opaque(ChunkedSink):
         def __init__(self) -> None:
             super().__init__(batch_size=64, sleep=lambda _: None)
             self.requests = 0
@@ -242,7 +243,7 @@ def test_error_text_unwraps_json_bodies() -> None:
 # ---------------------------------------------------------------------------- the failed write
 
 
-class Failing(Sink):
+class Failing(ChunkedSink):
     """Chunk by chunk: a chunk holding ``down`` always answers 503; a line in ``refuse`` is refused."""
 
     name = "failing"
@@ -290,7 +291,7 @@ def test_a_reserve_not_less_than_the_invocation_is_a_configuration_error() -> No
 
 
 def test_retries_are_logged_and_end_before_the_deadline_with_a_clear_message(caplog) -> None:
-    class Down(Sink):
+    class Down(ChunkedSink):
         name = "down"
 
         def post(self, body: bytes, timeout: float) -> None:
@@ -316,7 +317,7 @@ def test_retries_are_logged_and_end_before_the_deadline_with_a_clear_message(cap
 
 
 def test_a_retry_after_beyond_the_deadline_gives_up_at_once_and_says_why() -> None:
-    class Busy(Sink):
+    class Busy(ChunkedSink):
         name = "busy"
 
         def post(self, body: bytes, timeout: float) -> None:

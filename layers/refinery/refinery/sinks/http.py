@@ -34,7 +34,8 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, Protocol
 from .. import __version__
 from ..config import HttpWriteConfig, redact_url
 from ..retry_after import parse_retry_after
-from .base import Misconfigured, Retryable, Sink, classify_status
+from .base import Misconfigured, Retryable, classify_status
+from .chunked import ChunkedSink
 from .gzip_body import gzip_body
 from .refusal import error_text
 
@@ -254,7 +255,7 @@ def write_settings(config: HttpWriteConfig) -> dict[str, Any]:
     }
 
 
-class HttpSink(Sink):
+class HttpSink(ChunkedSink):
     """A sink that POSTs each chunk to one URL (requests), each request bounded by wall clock.
 
     Subclasses set the URL, query parameters and headers, and say which answers are success
