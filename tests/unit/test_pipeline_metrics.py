@@ -88,6 +88,24 @@ def test_only_influxdb_sinks_take_the_point() -> None:
     assert outcome == "no influxdb sink" and stream.getvalue() == ""  # a dry run prints only the batch
 
 
+def test_with_tenant_routing_the_point_goes_to_the_influxdb_settings_own_destination() -> None:
+    from refinery.config import InfluxConfig
+    from refinery.sinks.influx_v1 import InfluxV1Sink
+    from refinery.sinks.routed import RoutedSink
+
+    posted: list[tuple[bytes, dict[str, str]]] = []
+
+    class Recording(InfluxV1Sink):
+        def post(self, body: bytes, timeout: float) -> None:
+            posted.append((body, dict(self.params)))
+
+    inner = Recording(InfluxConfig(url="http://127.0.0.1:9", api="v1", database="cf", gzip=False))
+    routed = RoutedSink(inner, router=None)  # type: ignore[arg-type]  # write_line never routes
+    outcome = write_line(routed, "refinery_batch failures=1i 1", Deadline(lambda: 60_000, 3.0))
+    assert outcome == "written"
+    assert posted == [(b"refinery_batch failures=1i 1\n", {"db": "cf", "precision": "ns"})]
+
+
 def test_the_setting_is_off_by_default_and_needs_influxdb(tmp_path) -> None:
     snapshot = tmp_path / "s.json.gz"
     snapshot.write_bytes(b"x")

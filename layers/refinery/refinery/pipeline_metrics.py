@@ -33,6 +33,7 @@ from typing import Any
 from .lineproto import escape_measurement, format_float, tag_pair
 from .observability import enrichment_misses
 from .sinks.base import MIN_REQUEST_SECONDS, Deadline, Sink, SinkError
+from .sinks.chunked import ChunkedSink
 from .sinks.fanout import members
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,12 @@ def _float_or_none(value: Any) -> float | None:
 def write_line(sink: Sink, line: str, deadline: Deadline) -> str:
     """Send ``line`` once to each InfluxDB sink of ``sink``; ``"written"``, ``"no influxdb sink"`` or
     what went wrong (logged as a warning). Never raises, never retries."""
-    targets = [member for member in members(sink) if member.name in INFLUX_SINKS]
+    targets = [
+        influx
+        for member in members(sink)
+        # with tenant routing, the pipeline's point goes to the INFLUX_* settings' own destination
+        if isinstance(influx := getattr(member, "inner", member), ChunkedSink) and influx.name in INFLUX_SINKS
+    ]
     if not targets:
         return "no influxdb sink"
     problems = []

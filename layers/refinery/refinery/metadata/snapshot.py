@@ -178,7 +178,7 @@ class LazyApps(Mapping[str, AppInfo]):
     def __getitem__(self, guid: str) -> AppInfo:
         return _app(guid, self._raw[guid])
 
-    def get(self, guid: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, guid: str, default: Any = None) -> Any:
         entry = self._raw.get(guid)
         return default if entry is None else _app(guid, entry)
 
@@ -247,7 +247,7 @@ class TableApps(Mapping[str, AppInfo]):
     def __getitem__(self, guid: str) -> AppInfo:
         return self._row(guid, self._index[guid])
 
-    def get(self, guid: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, guid: str, default: Any = None) -> Any:
         row = self._index.get(guid)
         return default if row is None else self._row(guid, row)
 

@@ -165,9 +165,9 @@ class ChunkedSink(Sink):
             report.add_counts(own)
             report.rejected.extend(own.rejected)
         if failure is not None:
-            index, exc = failure
-            _fail(exc, firsts[index], report)
-            raise exc
+            index, error = failure
+            _fail(error, firsts[index], report)
+            raise error
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:  # write() is called by one invocation at a time
