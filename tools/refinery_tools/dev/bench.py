@@ -804,7 +804,7 @@ def _core_runner(work: Workload, store: MetadataStore, fast_path: bool = True) -
 
 def check_core(work: Workload, done: Transformed) -> None:
     result = done.result
-    if result.points != work.expected_points or sum(result.quarantined.values()):
+    if result.points != work.expected_points or result.quarantined.total():
         raise RuntimeError(
             f"bench workload not processed as expected: {result.points} points of {work.expected_points},"
             f" dropped {dict(result.dropped)}, quarantined {dict(result.quarantined)}"
@@ -1213,7 +1213,11 @@ def memory_child(argv: list[str]) -> None:
         done = transform_batch(event, store)
         current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        report = {"peak": peak - before, "retained": current - before, "points": done.result.points}
+        report: dict[str, Any] = {
+            "peak": peak - before,
+            "retained": current - before,
+            "points": done.result.points,
+        }
     else:
         rss_before = _status_kib("VmRSS")
         reset = _reset_peak_rss()
@@ -1381,7 +1385,10 @@ def _quiet(*loggers: Any) -> Iterator[None]:
     its cost): the streams of the log handlers of ``refinery``, the root and ``loggers`` (Powertools
     loggers) are swapped for a buffer, and so are stdout and stderr."""
     sink = io.StringIO()
-    handlers = [*logging.getLogger("refinery").handlers, *logging.getLogger().handlers]
+    handlers: list[logging.Handler | None] = [
+        *logging.getLogger("refinery").handlers,
+        *logging.getLogger().handlers,
+    ]
     handlers += [getattr(logger, "registered_handler", None) for logger in loggers]
     swapped: list[tuple[logging.StreamHandler[Any], Any]] = []
     for handler in dict.fromkeys(handlers):

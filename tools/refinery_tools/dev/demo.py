@@ -185,7 +185,9 @@ def _envelope_kinds(event: dict[str, Any]) -> dict[str, str]:
             except Poison:
                 kind = "(broken record)"
             else:
-                kind = EVENT_TYPES.get(envelope.get("eventType"), f"eventType {envelope.get('eventType')}")
+                event_type = envelope.get("eventType")
+                kind = EVENT_TYPES.get(event_type, "") if isinstance(event_type, int) else ""
+                kind = kind or f"eventType {event_type}"
                 source = (envelope.get("logMessage") or {}).get("source_type")
                 if source:
                     kind += f" {source}"

@@ -243,7 +243,8 @@ class Foundation:
         """``PATCH /v3/{organizations,spaces,apps}/:guid`` with ``{"metadata": {"labels": …}}``: the
         keys given are set, a ``None`` value removes its key, the others are kept; ``updated_at`` moves."""
         with self._lock:
-            for table in (self.orgs, self.spaces, self.apps):
+            tables: tuple[dict[str, Any], ...] = (self.orgs, self.spaces, self.apps)
+            for table in tables:
                 if guid in table:
                     resource = table[guid]
                     merged = dict(resource.labels)
@@ -254,13 +255,13 @@ class Foundation:
                             merged[key] = value
                     stamp = _now_timestamp()
                     changed = replace(resource, labels=tuple(sorted(merged.items())), updated_at=stamp)
-                    table[guid] = changed  # type: ignore[index]
+                    table[guid] = changed
                     if table is self.apps:
                         self._app_list = None
                     return changed
             raise KeyError(f"no org, space or app {guid}")
 
-    def _update_app(self, guid: str, **changes: str) -> App:
+    def _update_app(self, guid: str, **changes: Any) -> App:
         with self._lock:
             app = replace(self.apps[guid], updated_at=_now_timestamp(), **changes)
             self.apps[guid] = app  # an existing key keeps its position
@@ -486,7 +487,7 @@ class FakeCloudController:
         if self._server is None:
             raise RuntimeError("FakeCloudController is not running; call start()")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
     @property
     def uaa_url(self) -> str:
@@ -1030,10 +1031,10 @@ class FakeCloudController:
         )
         doc: dict[str, Any] = {"pagination": pagination, "resources": [self._space(s) for s in chunk]}
         if query.get("include"):
-            org_guids = dict.fromkeys(s.org_guid for s in chunk)
+            included_orgs = dict.fromkeys(s.org_guid for s in chunk)
             doc["included"] = {
                 "organizations": [
-                    self._org(self.foundation.orgs[g]) for g in org_guids if g in self.foundation.orgs
+                    self._org(self.foundation.orgs[g]) for g in included_orgs if g in self.foundation.orgs
                 ]
             }
         return _json_reply(200, doc)
@@ -1229,6 +1230,16 @@ def _timestamp_problems(query: dict[str, str], name: str) -> list[str]:
     return problems
 
 
+def _member_of(get: Callable[[Any], str], values: set[str]) -> Callable[[Any], bool]:
+    return lambda item: get(item) in values
+
+
+def _compared(
+    get: Callable[[Any], str], compare: Callable[[str, str], bool], bound: str
+) -> Callable[[Any], bool]:
+    return lambda item: compare(get(item), bound)
+
+
 def _timestamp_filtered(items: Sequence[Any], query: dict[str, str]) -> Sequence[Any]:
     """BaseListFetcher.advanced_filtering at the presented (second) precision: ``lte``/``gt`` and the
     equality list take the whole second, ``lt``/``gte`` its start."""
@@ -1236,13 +1247,12 @@ def _timestamp_filtered(items: Sequence[Any], query: dict[str, str]) -> Sequence
     for name, attribute in (("created_ats", "created_at"), ("updated_ats", "updated_at")):
         get = attrgetter(attribute)
         if name in query:
-            stamps = set(query[name].split(","))
-            checks.append(lambda item, get=get, stamps=stamps: get(item) in stamps)
+            checks.append(_member_of(get, set(query[name].split(","))))
         for operator in _RELATIONAL:
             bound = query.get(f"{name}[{operator}]")
             if bound is not None:
                 compare = {"lt": str.__lt__, "lte": str.__le__, "gt": str.__gt__, "gte": str.__ge__}[operator]
-                checks.append(lambda item, get=get, compare=compare, bound=bound: compare(get(item), bound))
+                checks.append(_compared(get, compare, bound))
     if not checks:
         return items
     return [item for item in items if all(check(item) for check in checks)]
