@@ -15,18 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refinery.devtools.collecting_sink import CollectingSink
-from refinery.devtools.envelopes import http_envelope, log_envelope
-from refinery.devtools.events import build_kafka_event
-from refinery.devtools.worked_example import (
-    APPS,
-    MS,
-    RULES,
-    T0,
-    WORKER_EU,
-    S,
-    worked_example,
-)
 from refinery.filters import PointFilter
 from refinery.identity import fingerprint
 from refinery.lineparse import parse_line, series_end
@@ -41,6 +29,18 @@ from refinery.sinks import Deadline, FlushError, Sink, WriteReport
 from refinery.sinks.base import Misconfigured, Refused
 from refinery.sinks.chunked import ChunkedSink
 from refinery.sinks.fanout import FanoutSink
+from refinery_tools.dev.envelopes import http_envelope, log_envelope
+from refinery_tools.dev.worked_example import (
+    APPS,
+    MS,
+    RULES,
+    T0,
+    WORKER_EU,
+    S,
+    worked_example,
+)
+from refinery_tools.events import build_kafka_event
+from support.collecting_sink import CollectingSink
 
 DEADLINE = Deadline(lambda: 60_000, reserve=1.0)
 WINDOW = 60 * S
