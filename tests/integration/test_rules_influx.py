@@ -135,20 +135,21 @@ def test_a_rewind_over_committed_offsets_leaves_the_sums_exact(
     assert len(aggregates(influxdb1, influx_db)) == 4
 
 
-def test_per_batch_aggregates_in_influxdb_are_not_exact_under_a_rewind(
+def test_per_batch_aggregates_in_influxdb_are_exact_under_a_rewind(
     rules_env, influxdb1, influx_db, invoke
 ) -> None:
-    """``influx_output: aggregates`` (fewer points): exact for retries and re-cut retries, but a rewind
-    cut across an earlier batch boundary counts records twice (README states it)."""
+    """``influx_output: aggregates`` (fewer points): exact for retries, re-cut retries and a rewind cut
+    across an earlier batch boundary — the aggregation ledger (rules/ledger.py, in the metadata bucket)
+    knows offsets 0..5 were aggregated and sends their stored aggregates again, identical."""
     rules_env.write_text(RULES + "    influx_output: aggregates\n")
     values = worked_example()
     invoke(kafka_event({0: (0, values)}))
-    invoke(kafka_event({0: (0, values[:3])}))  # a smaller retry of the same start: replaced
+    invoke(kafka_event({0: (0, values[:3])}))  # a smaller retry of the same start: the same aggregates
     invoke(kafka_event({0: (3, values[3:])}))
     assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
-    # Stored now: eu's first 20 (under first offset 1) and its 100 (under 5). Rewound, cut as one batch:
-    invoke(kafka_event({0: (1, values[1:])}))  # [1..5]: eu 120 under first offset 1, the 100 still there
-    assert window_totals(influxdb1, influx_db) == {"eu": 120 + 100, "ap": 30, "us": 40}
+    summary = invoke(kafka_event({0: (1, values[1:])}))["summary"]  # rewound to 1, cut as one batch
+    assert summary["rules"]["aggregates"] == 0 and summary["rules"]["aggregates_resent"] > 0
+    assert window_totals(influxdb1, influx_db) == {"eu": 120, "ap": 30, "us": 40}
 
 
 def test_keep_raw_false_writes_only_the_aggregates(rules_env, influxdb1, influx_db, invoke) -> None:
@@ -203,10 +204,12 @@ def test_rules_in_s3_are_reloaded_when_they_change(
     s3.put_object(
         Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=rules.replace("keep: [org]", "keep: []").encode()
     )
-    assert invoke(event)["summary"]["rules"]["aggregates"] == 1  # the same container, new rules
+    # The same container, new rules, on new offsets (offsets aggregated already keep their aggregates).
+    event = kafka_event({0: (6, worked_example())})
+    assert invoke(event)["summary"]["rules"]["aggregates"] == 1
 
     s3.put_object(Bucket=snapshot_bucket, Key="rules/rules.yaml", Body=b"rules: [")
-    summary = invoke(event)["summary"]
+    summary = invoke(kafka_event({0: (12, worked_example())}))["summary"]
     assert summary["rules"]["aggregates"] == 1  # the rules in force are kept
     assert "not valid YAML" in summary["rules"]["reload_error"]
 

@@ -1,6 +1,6 @@
 """The remote-write sink against a server with Prometheus' append rules (2.42, no out-of-order window):
-refused rewrites read back and acknowledged, genuinely refused samples isolated, a sample whose
-millisecond its series holds with another value moved to the next free one, aggregates that conflict
+refused rewrites read back and acknowledged, genuinely refused samples isolated, a point whose
+millisecond its series holds with another value moved, whole, to the next free one, aggregates that conflict
 keeping the stored value. The same against the real Prometheus: tests/integration/test_rules_redelivery.py.
 """
 
@@ -71,11 +71,16 @@ def test_another_event_at_a_millisecond_its_series_holds_is_moved_to_the_next_fr
     other = f"instance,app=a,instance=0 cpu=1,memory=6i {T + 654}"  # same series, same millisecond
     assert sink.write([first], DEADLINE).rejected == []
     report = sink.write([other], DEADLINE)
-    assert report.rejected == [] and report.rewrites == 1  # cpu=1 at T: held, identical
+    # Moved whole: its cpu=1 equals the first event's, but it is another event's sample (a point's
+    # fields are decided together, never held field by field).
+    assert report.rejected == [] and report.rewrites == 0
     assert prom.values("instance_memory") == {T // MS: 5.0, T // MS + 1: 6.0}
+    assert prom.values("instance_cpu") == {T // MS: 1.0, T // MS + 1: 1.0}
     again = sink.write([other], DEADLINE)  # delivered again: found where it was moved
     assert again.rejected == [] and again.rewrites == 2
     assert prom.values("instance_memory") == {T // MS: 5.0, T // MS + 1: 6.0}
+    assert prom.values("instance_cpu") == {T // MS: 1.0, T // MS + 1: 1.0}
+    assert sink.write([first], DEADLINE).rewrites == 2  # the first, again: held where it is
     # Both in one batch (moved apart in time order), then each alone: nothing new, nothing refused.
     sink.write([f"m,s=x f=1 {T + 7}", f"m,s=x f=2 {T + 8}"], DEADLINE)
     for line in (f"m,s=x f=2 {T + 8}", f"m,s=x f=1 {T + 7}"):
@@ -114,3 +119,16 @@ def test_too_old_for_the_out_of_order_window_is_a_refusal_not_a_retry(prom: Fake
     assert [index for index, _ in report.rejected] == [0] and report.retries == 0
     assert "too old sample" in report.rejected[0][1]
     assert prom.values("log_size") == {T // MS: 2.0}
+
+
+def test_a_point_moved_past_other_events_lands_after_the_series_newest(prom: FakePrometheus) -> None:
+    """Three events of one series in one millisecond, cut [a], [b, twin of a], [c]: b is moved past
+    the twin to T+2; c, moved, must land after T+2 (Prometheus refuses anything older), not at T+1."""
+    sink = sink_for(prom)
+    assert sink.write([f"m,s=x a=1,b=7i {T + 546}"], DEADLINE).rejected == []
+    batch = [f"m,s=x a=2,b=7i {T + 278}", f"m,s=x a=1,b=7i {T + 496}"]  # the second: a's values again
+    assert sink.write(batch, DEADLINE).rejected == []
+    report = sink.write([f"m,s=x a=1,b=9i {T + 739}"], DEADLINE)
+    assert report.rejected == []
+    assert prom.values("m_b") == {T // MS: 7.0, T // MS + 2: 7.0, T // MS + 3: 9.0}
+    assert sink.write([f"m,s=x a=1,b=9i {T + 739}"], DEADLINE).rewrites == 2  # found there again

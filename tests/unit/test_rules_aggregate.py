@@ -24,6 +24,7 @@ from refinery.pipeline import process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine, decode_records
 from refinery.rules.aggregate import REMOTE_WRITE, aggregate_timestamp, contribution_timestamp
+from refinery.rules.ledger import AggregateLedger
 from refinery.rules.loader import RuleBook
 from refinery.sinks import Deadline, FlushError, Sink, WriteReport
 from refinery.sinks.base import Misconfigured, Refused
@@ -97,10 +98,14 @@ def snapshot_bytes() -> bytes:
     )
 
 
-def stage_for(tmp_path: Path, rules: str, point_filter: PointFilter | None = None) -> PointStage:
+def stage_for(
+    tmp_path: Path, rules: str, point_filter: PointFilter | None = None, ledger: str | None = None
+) -> PointStage:
+    """A stage with the rules; ``ledger``: the name of a local aggregation-ledger directory under tmp_path."""
     path = tmp_path / "rules.yaml"
     path.write_text(rules)
-    return PointStage(point_filter, RuleBook(FileSnapshotSource(str(path))))
+    book = AggregateLedger(None, directory=str(tmp_path / ledger)) if ledger else None
+    return PointStage(point_filter, RuleBook(FileSnapshotSource(str(path))), book)
 
 
 def run(tmp_path, store, values, rules=RULES, sink=None, partitions=1, **kwargs):
@@ -471,6 +476,7 @@ def replay_history(
     history: list[tuple[int, bool, int, int]],
     *,
     rewinds: bool,
+    ledger: str | None = None,
 ) -> None:
     """Batches start at the committed offset; a failed one may have written any part of its lines, and
     its retry may be larger or smaller; a success commits; with ``rewinds`` a success may be followed by
@@ -479,7 +485,7 @@ def replay_history(
     path.write_bytes(snapshot_bytes())
     store = MetadataStore(FileSnapshotSource(str(path)))
     quarantine = Quarantine(None, "q/", directory=str(tmp_path / "q"))
-    stage = stage_for(tmp_path, STREAM_RULES)
+    stage = stage_for(tmp_path, STREAM_RULES, ledger=ledger)
     committed = dict.fromkeys(records, 0)
     steps = iter(history)
     while any(committed[k] < len(v) for k, v in records.items()):
@@ -521,33 +527,46 @@ def test_influxdb_contributions_are_exact_under_any_history_rewinds_included(
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), history=HISTORY)
-def test_remote_write_aggregates_are_exact_under_any_history_of_failed_and_resized_batches(
+def test_remote_write_aggregates_are_exact_under_any_history_rewinds_included(
     tmp_path_factory, seed: int, history: list[tuple[int, bool, int, int]]
 ) -> None:
+    """With the aggregation ledger: failed batches (any part of their raw points written), retries
+    larger or smaller, and offset rewinds to any earlier offset — every window exact."""
     tmp_path = tmp_path_factory.mktemp("history")
     records = stream(seed, partitions=2, per_partition=25)
     truth_sink = FirstWriteStore()
-    replay_history(tmp_path, records, truth_sink, [(50, False, 0, 0)], rewinds=False)
+    replay_history(tmp_path, records, truth_sink, [(50, False, 0, 0)], rewinds=False, ledger="truth")
     truth = totals(truth_sink.points)
     assert truth
     sink = FirstWriteStore()
-    replay_history(tmp_path, records, sink, history, rewinds=False)
+    replay_history(tmp_path, records, sink, history, rewinds=True, ledger="ledger")
     assert totals(sink.points) == pytest.approx(truth)
 
 
-def test_remote_write_aggregates_double_count_a_finer_rewind_which_contributions_do_not(tmp_path) -> None:
-    """The limit the README states: records whose aggregates were acknowledged, delivered again cut
-    differently (an offset rewind), are counted again. InfluxDB's contributions are not."""
+def rewound(tmp_path: Path, ledger: str | None) -> tuple[dict, dict]:
+    """[0..4) delivered, then rewound and cut [0], [1, 2, 3]: the window's totals in both sinks."""
     records = {"cf-firehose-0": [http_envelope(WORKER_EU.guid, T0 + i * S, size=1) for i in range(4)]}
     rules = "rules:\n  - {name: req, source: http_request, keep: [org], aggregation: count, window: 10s}\n"
-    (tmp_path / "rules.yaml").write_text(rules)
-    store = MetadataStore(FileSnapshotSource(str(tmp_path / "s.json.gz")))
     (tmp_path / "s.json.gz").write_bytes(snapshot_bytes())
+    store = MetadataStore(FileSnapshotSource(str(tmp_path / "s.json.gz")))
     quarantine = Quarantine(None, "q/", directory=str(tmp_path / "q"))
     influx, remote = OverwritingStore(), FirstWriteStore()
-    for first, size in ((0, 4), (0, 1), (1, 3)):  # delivered, then rewound and cut [0], [1, 2, 3]
+    for first, size in ((0, 4), (0, 1), (1, 3)):
         event = event_of({"cf-firehose-0": (first, records["cf-firehose-0"][first : first + size])})
-        stage = PointStage(None, RuleBook(FileSnapshotSource(str(tmp_path / "rules.yaml"))))
+        stage = stage_for(tmp_path, rules, ledger=ledger)  # a new container each time
         process_batch(event, store, FanoutSink([influx, remote]), quarantine, DEADLINE, stage=stage)
-    assert totals(influx.points) == {("req", "eu", T0): 4}
-    assert totals(remote.points) == {("req", "eu", T0): 7}  # 4, then [0] kept out, then [1..3] again
+    return totals(influx.points), totals(remote.points)
+
+
+def test_the_ledger_makes_a_finer_rewind_exact_in_remote_write(tmp_path) -> None:
+    """Offsets already aggregated add to no new aggregate: their stored aggregates are sent again."""
+    influx, remote = rewound(tmp_path, ledger="ledger")
+    assert influx == {("req", "eu", T0): 4}
+    assert remote == {("req", "eu", T0): 4}
+
+
+def test_without_the_ledger_a_finer_rewind_double_counts_in_remote_write(tmp_path) -> None:
+    """Why the ledger exists (a replay runs without it: its records are in no aggregate)."""
+    influx, remote = rewound(tmp_path, ledger=None)
+    assert influx == {("req", "eu", T0): 4}
+    assert remote == {("req", "eu", T0): 7}  # 4, then [0] kept out, then [1..3] again

@@ -50,6 +50,7 @@ def actions(statement: dict[str, Any]) -> list[str]:
 #: The only wildcards a declared policy may hold: every object under a prefix of a bucket.
 ALLOWED_RESOURCE_WILDCARDS = {
     "${MetadataBucket.Arn}/quarantine/*",  # the enricher's quarantine objects
+    "${MetadataBucket.Arn}/rules-state/*",  # the recording rules' aggregation ledger
     "${FailedBatchesBucket.Arn}/*",  # the on-failure destination's own bucket
 }
 
@@ -151,7 +152,9 @@ def test_only_the_refresh_function_writes_the_snapshot() -> None:
         assert by_sid["ReadSnapshot"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/${MetadataKey}"}
         assert by_sid["WriteQuarantine"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/quarantine/*"}
         writes = [s for s in statements(name) if "s3:PutObject" in actions(s)]
-        assert [s["Sid"] for s in writes] == ["WriteQuarantine", "WriteFailedBatches"]
+        assert [s["Sid"] for s in writes] == ["WriteQuarantine", "RulesLedger", "WriteFailedBatches"]
+        # the recording rules' aggregation ledger: its own prefix of the metadata bucket, never the snapshot
+        assert by_sid["RulesLedger"]["Resource"] == {"Sub": "${MetadataBucket.Arn}/rules-state/*"}
         assert by_sid["WriteFailedBatches"]["Resource"] == [
             {"GetAtt": "FailedBatchesBucket.Arn"},
             {"Sub": "${FailedBatchesBucket.Arn}/*"},

@@ -40,7 +40,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -296,16 +296,34 @@ def _read(obj: StoredObject) -> list[dict[str, Any]] | str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _distinct(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per Kafka record: a record quarantined by several deliveries (a redelivery cut
+    differently writes another quarantine object) is replayed once."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for record in records:
+        offset = record.get("offset")
+        if isinstance(offset, int):
+            key = (record.get("topic"), record.get("partition"), record.get("partition_key"), offset)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(record)
+    return out
+
+
 def to_events(records: list[dict[str, Any]], size: int = REPLAY_BATCH) -> Iterator[dict[str, Any]]:
-    """Kafka events of at most ``size`` records, grouped by topic-partition in offset order."""
+    """Kafka events of at most ``size`` records, grouped by topic-partition in offset order (the same
+    events from the same records, whatever order the objects were listed in)."""
 
     def order(r: dict[str, Any]) -> tuple[str, int]:
         offset = r.get("offset")
         return (str(r.get("partition_key")), offset if isinstance(offset, int) else -1)
 
+    records = sorted(records, key=order)
     for start in range(0, len(records), size):
         grouped: dict[str, list[dict[str, Any]]] = {}
-        for record in sorted(records[start : start + size], key=order):
+        for record in records[start : start + size]:
             key = record.get("partition_key") or f"{record.get('topic')}-{record.get('partition')}"
             grouped.setdefault(key, []).append(
                 {
@@ -367,6 +385,10 @@ def replay(
         runtime = enricher.build_runtime(config, PrintSink(out))
     else:
         runtime = enricher.build_runtime(config)
+    if runtime.stage is not None:
+        # The records replayed here are in no aggregate (written nowhere): aggregate exactly them, outside
+        # the stream's ledger, whose covered offsets would count them as aggregated (rules/ledger.py).
+        runtime.stage.ledger = None
     replay_quarantine: Quarantine = Quarantine(
         runtime.quarantine.bucket,
         runtime.quarantine.prefix + REPLAY_PREFIX,
@@ -398,7 +420,7 @@ def replay(
         refused = [r for r in all_records if r.get("sink") and isinstance(r.get("line"), str)]
         if refused:
             _replay_refused_lines(refused, runtime.sink, replay_quarantine, report, timeout, dry_run, out)
-        others = [r for r in all_records if not (r.get("sink") and isinstance(r.get("line"), str))]
+        others = _distinct(r for r in all_records if not (r.get("sink") and isinstance(r.get("line"), str)))
         for event in to_events(others):
             deadline = Deadline(lambda: int(timeout * 1000), reserve=0.0)
             result = process_batch(

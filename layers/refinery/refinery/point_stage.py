@@ -19,12 +19,13 @@ no per-point work at all and its output is byte-identical.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .filters import PointFilter
 from .lineparse import series_end
 from .rules.aggregate import INFLUX, aggregate
+from .rules.ledger import AggregateLedger, BatchLedger, needs_ledger
 from .rules.loader import RuleBook
 from .rules.model import RuleSet
 
@@ -36,9 +37,15 @@ _UNSEEN = object()
 
 
 class PointStage:
-    def __init__(self, point_filter: PointFilter | None = None, rule_book: RuleBook | None = None):
+    def __init__(
+        self,
+        point_filter: PointFilter | None = None,
+        rule_book: RuleBook | None = None,
+        ledger: AggregateLedger | None = None,
+    ):
         self.point_filter = point_filter if point_filter is not None and point_filter.active else None
         self.rule_book = rule_book
+        self.ledger = ledger  # per-batch aggregates' durable state (rules/ledger.py); None: replay
         self.extra_tags = dict(point_filter.extra_tags) if point_filter is not None else {}
         self._rules: RuleSet | None = None
         self._reload_error: str | None = None
@@ -87,12 +94,22 @@ class PointStage:
     def _aggregate(self, done: Transformed, rules: RuleSet, families: Collection[str]) -> None:
         from .sinks.fanout import Route
 
-        found = aggregate(done.lines, done.origins_of, rules, self.extra_tags, families)
+        def records() -> Iterator[tuple[str, dict[str, Any]]]:  # the batch's records that made a point
+            return (origin for i in range(len(done.lines)) for origin in done.origins_of(i))
+
+        book = None
+        if self.ledger is not None and needs_ledger(rules, families):
+            book = BatchLedger(self.ledger, done.result.partitions, rules, records())
+        covered = book.covered if book is not None else None
+        found = aggregate(done.lines, done.origins_of, rules, self.extra_tags, families, covered)
         stats: dict[str, Any] = {
             "contributions": found.contributions,
             "aggregates": found.aggregates,
             "points_consumed": found.consumed,
         }
+        if book is not None:  # before the consumed raw points are dropped: every record is still there
+            stats["aggregates_resent"] = book.settle(found, records, families)
+            stats["ledger"] = book.cost()
         if found.drop:
             keep = [i for i in range(len(done.lines)) if i not in found.drop]
             _reindex(done, keep, [done.lines[i] for i in keep])
@@ -113,7 +130,7 @@ class PointStage:
             if route is None:
                 route = routes[key] = Route(output.families, output.aggregate)
             done.routes[index] = route
-        if found.aggregates:
+        if any(output.aggregate for output in found.outputs):
             # A partial batch response could restart a partition inside an aggregate: fail it whole.
             # (Contributions are per record: a partial response cannot split one.)
             done.whole_batch_only = True

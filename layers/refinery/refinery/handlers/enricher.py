@@ -109,6 +109,11 @@ def point_stage(config: EnricherConfig) -> PointStage | None:
             else S3SnapshotSource(config.rules_bucket or "", config.rules_key or "")
         )
         rule_book = RuleBook(source, check_interval=config.rules_check_interval)
+        from ..rules.ledger import ledger_for
+
+        bucket = config.metadata_bucket or config.quarantine_bucket
+        ledger = ledger_for(bucket, config.quarantine_dir, source.description)
+        return PointStage(config.point_filter, rule_book, ledger)
     return PointStage(config.point_filter, rule_book)
 
 
@@ -145,6 +150,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         info = describe(event)
         deadline = Deadline(context.get_remaining_time_in_millis, rt.config.flush_time_reserve)
         rt.store.deadline = rt.quarantine.deadline = deadline  # their S3 calls end before it
+        if rt.stage is not None and rt.stage.ledger is not None:
+            rt.stage.ledger.deadline = deadline  # the recording rules' ledger (rules/ledger.py)
         before = rt.store.stats.tiers()
         failures_before = rt.store.stats.failures
         result = process_batch(

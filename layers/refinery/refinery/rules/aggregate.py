@@ -28,9 +28,10 @@ counts, re-sends included), identified by
       window start + (1 + first_offset mod s) ms + (first_offset div s mod 10^6) ns
 
 The pipeline writes aggregates last, in one request per sink, once every other point of the batch was
-acknowledged by every sink, so a batch that fails stores none of them, and its retry — larger,
-smaller, cut anyhow — writes its own. What is not exact with aggregates: a redelivery of records whose
-aggregates a sink already acknowledged, cut differently (an offset rewind, a lost commit): see README.
+acknowledged by every sink. Which records an aggregate holds is decided by the **aggregation ledger**
+(:mod:`refinery.rules.ledger`, ``covered``): a record whose offset an earlier batch aggregated adds to
+no new aggregate (the stored ones are sent again, identical), so a retry cut anyhow, a lost commit or
+an offset rewind never counts a record twice (README: Recording rules).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class Output:
     origins: list[Origin]
     families: frozenset[str]
     aggregate: bool  # per batch: written after every other point of the batch was acknowledged
+    partition: str = ""  # an aggregate's topic-partition
+    offsets: tuple[int, ...] = ()  # an aggregate's records' offsets (what the ledger stores)
+    resent: bool = False  # an aggregate the ledger stored earlier, sent again identical
 
 
 @dataclass
@@ -77,6 +81,7 @@ class _Accumulator:
     value: int | float
     first_offset: int
     origins: dict[int, Origin]
+    offsets: set[int]
 
 
 @dataclass
@@ -119,8 +124,13 @@ def aggregate(
     ruleset: RuleSet,
     extra_tags: dict[str, str] | None = None,
     families: Collection[str] = (INFLUX,),
+    covered: Callable[[str, int], bool] | None = None,
 ) -> RuleOutputs:
-    """The rules' outputs for the sinks of ``families``, in a deterministic order."""
+    """The rules' outputs for the sinks of ``families``, in a deterministic order.
+
+    ``covered(partition, offset)``: the record was aggregated before (the ledger,
+    :mod:`refinery.rules.ledger`): it adds to no new aggregate (its stored ones are sent again).
+    Record-level contributions are unaffected (identical by construction)."""
     out = RuleOutputs()
     sources = ruleset.by_source
     extra = extra_tags or {}
@@ -165,16 +175,21 @@ def aggregate(
                 _contribute(out, contributions, rule, number, group, window, contribution, origins, extra)
             if remote or (influx and not records_mode):
                 for origin in origins:  # every Kafka record counts, in its own partition's aggregate
-                    key = (number, group, window, origin[0])
                     offset = origin[1].get("offset")
                     offset = offset if type(offset) is int else 0
+                    if covered is not None and covered(origin[0], offset):
+                        continue
+                    key = (number, group, window, origin[0])
                     acc = accumulators.get(key)
                     if acc is None:
-                        accumulators[key] = _Accumulator(contribution, offset, {id(origin[1]): origin})
-                    else:
+                        accumulators[key] = _Accumulator(
+                            contribution, offset, {id(origin[1]): origin}, {offset}
+                        )
+                    elif id(origin[1]) not in acc.origins:
                         acc.value = _combine(rule.aggregation, acc.value, contribution)
                         acc.first_offset = min(acc.first_offset, offset)
-                        acc.origins.setdefault(id(origin[1]), origin)
+                        acc.origins[id(origin[1])] = origin
+                        acc.offsets.add(offset)
             if not rule.keep_raw:
                 out.drop.add(index)
         out.consumed += used
@@ -182,12 +197,21 @@ def aggregate(
         rule = ruleset.rules[number]
         tags = _tags(rule, group, extra)
         tags["partition"] = partition
-        stamp = aggregate_timestamp(window, rule.window_ms, acc.first_offset)
+        at = aggregate_timestamp(window, rule.window_ms, acc.first_offset)
         targets = {REMOTE_WRITE} if remote else set()
         if influx and rule.influx_output == "aggregates":
             targets.add(INFLUX)
-        line = render_line(rule.name, tags, {rule.output_field: acc.value}, stamp)
-        out.outputs.append(Output(line, list(acc.origins.values()), frozenset(targets), aggregate=True))
+        line = render_line(rule.name, tags, {rule.output_field: acc.value}, at)
+        out.outputs.append(
+            Output(
+                line,
+                list(acc.origins.values()),
+                frozenset(targets),
+                aggregate=True,
+                partition=partition,
+                offsets=tuple(sorted(acc.offsets)),
+            )
+        )
         out.aggregates += 1
     return out
 

@@ -7,7 +7,8 @@ the measurement named after the rule. ``keep_raw: false`` drops the raw points i
 
 What a rule writes depends on the sink (:mod:`refinery.rules.aggregate`): InfluxDB gets one point per
 record (``influx_output: records``, the default) or one per batch (``aggregates``); Prometheus remote
-write always gets one sample per batch, group, window and partition.
+write always gets one sample per batch, group, window and partition, over the batch's records that no
+earlier batch aggregated (:mod:`refinery.rules.ledger`).
 """
 
 from __future__ import annotations

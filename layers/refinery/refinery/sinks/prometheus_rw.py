@@ -31,12 +31,14 @@ it refuses the request when one of them is older than its series' newest. Before
 anything, the sink reads the refused request's series back (remote read, :mod:`.remote_read`, at
 ``…/api/v1/read`` beside ``…/api/v1/write``): every sample the server holds with the same timestamp
 and value is acknowledged (``sink_rewrites`` in the summary), and only the rest is sent again and,
-if still refused, isolated and quarantined — new data the server genuinely refused. A raw sample
-whose millisecond its series holds with another value (another event, from another batch) is moved
-to the next free millisecond (within ``PROBE_MS``), where every later delivery of it finds it. A
-recording rule's aggregate (:meth:`write_atomic`) that the server holds with *another* value (a
-redelivery cut differently from the one it stored) is counted (``sink_conflicts``) and the stored
-one kept.
+if still refused, isolated and quarantined — new data the server genuinely refused. A point is
+decided whole (its fields' samples share a millisecond and a request): held when every one of them
+is, identical; a raw point whose millisecond its series holds with another event (from another batch)
+is moved, whole, to a millisecond free in all its series after the newest sample the server holds
+of them nearby (within ``PROBE_MS``), where every later delivery of it finds it. A
+recording rule's aggregate (:meth:`write_atomic`) that the server holds with *another* value (only
+when the aggregation ledger, :mod:`refinery.rules.ledger`, was lost: it sends a stored aggregate
+again byte-identical) is counted (``sink_conflicts``) and the stored one kept.
 
 protobuf and cramjam (snappy) are imported when the sink is built, never by the enricher otherwise.
 """
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -254,26 +256,14 @@ class PrometheusRemoteWriteSink(HttpSink):
         self._verified.update(unverified)
         rest: list[int] = []
         changed = False
+        newest: dict[Labels, int] = {}  # per series, its newest sample the server holds (read back)
+        for key, ms in stored:
+            if ms > newest.get(key, ms - 1):
+                newest[key] = ms
         for i in part:
-            kept: list[Sample] = []
-            for sample in self._samples[first + i]:
-                labels = tuple(sorted(sample[0]))
-                have = stored.get((labels, sample[1]))
-                held = (stored.get((labels, ms)) for ms in range(own[first + i], sample[1] + 1))
-                if any(value is not None and same_value(value, sample[2]) for value in held):
-                    report.rewrites += 1  # the server holds this very sample (maybe moved): acknowledged
-                elif have is None:
-                    kept.append(sample)
-                elif self._conflicts_acknowledged:
-                    report.conflicts += 1  # an aggregate it holds with another value: keep the stored one
-                else:
-                    # Another event of the series at this millisecond: the next free one, as in a batch.
-                    moved = self._relocate(labels, sample, stored)
-                    if moved is True:
-                        report.rewrites += 1
-                    else:
-                        kept.append(sample if moved is None else (sample[0], moved, sample[2]))
-            changed = changed or kept != self._samples[first + i]
+            samples = self._samples[first + i]
+            kept = self._reconcile(samples, own[first + i], stored, newest, report)
+            changed = changed or kept != samples
             self._samples[first + i] = kept
             if kept:
                 rest.append(i)
@@ -282,27 +272,76 @@ class PrometheusRemoteWriteSink(HttpSink):
         else:
             super()._isolate(part, lines, first, refusal, deadline, report)
 
+    def _reconcile(
+        self,
+        samples: list[Sample],
+        own: int,
+        stored: dict[tuple[Labels, int], float],
+        newest: Mapping[Labels, int],
+        report: WriteReport,
+    ) -> list[Sample]:
+        """What of one point's samples is still to send, given what the server holds. A point's samples
+        (one per numeric field) share one millisecond, are sent in one request and stored or refused
+        together: the point is decided **whole** — held (every field's sample, identical, at one
+        millisecond from its own to PROBE_MS past where this batch put it), free where this batch put
+        it, or moved, whole, to the first millisecond where none of its series has a sample.
+        Deciding per field would let one field's value that happens to equal another event's (``count``
+        is 1 for every request) count as held while the others move: the point's fields would part."""
+        if not samples:
+            return samples
+        keys = [tuple(sorted(sample[0])) for sample in samples]
+        at = samples[0][1]
+
+        def held(ms: int) -> bool:
+            return all(
+                (value := stored.get((key, ms))) is not None and same_value(value, sample[2])
+                for key, sample in zip(keys, samples, strict=True)
+            )
+
+        def free(ms: int) -> bool:
+            return all(stored.get((key, ms)) is None for key in keys)
+
+        # Held where this batch put it, or where an earlier write did: from its own millisecond to
+        # PROBE_MS past this batch's (another cut of the batch may have moved it past other points).
+        # An aggregate never moves (its millisecond is its first offset's): only there.
+        span = range(at, at + 1) if self._conflicts_acknowledged else range(min(own, at), at + 1 + PROBE_MS)
+        if any(held(ms) for ms in span):
+            report.rewrites += len(samples)  # the server holds this very point: acknowledged
+            return []
+        if free(at):
+            return samples
+        if self._conflicts_acknowledged:
+            report.conflicts += len(samples)  # an aggregate it holds with another value: the stored one stays
+            return []
+        # Another event of the series at this millisecond: the next free one, as within a batch.
+        moved = self._relocate(keys, at, free, newest)
+        if moved is None:
+            return samples  # no free millisecond near: sent as it is, refused, isolated
+        return [(sample[0], moved, sample[2]) for sample in samples]
+
     def _relocate(
-        self, labels: Labels, sample: Sample, stored: dict[tuple[Labels, int], float]
-    ) -> int | bool | None:
-        """For a raw sample whose millisecond the server holds with another value (another event of the
-        series): True if it holds this sample a few ms later (moved there by an earlier write), else the
-        first free ms after it (None: none within PROBE_MS). Every write finds the same place for it."""
+        self, keys: list[Labels], at: int, free: Callable[[int], bool], newest: Mapping[Labels, int]
+    ) -> int | None:
+        """For a raw point whose millisecond the server holds with another event of its series (and
+        that it does not hold within PROBE_MS after): a ms after it where none of its series has a
+        sample, on the server or in this write — after the newest sample the server holds of them
+        there (Prometheus without an out-of-order window takes nothing older; earlier moves may have
+        put other events of the series a few ms later), else the first free one; None: none within
+        PROBE_MS. A later delivery finds it there (:meth:`_reconcile` looks PROBE_MS ahead)."""
         if self._taken is None:
             self._taken = {}
             for samples in self._samples:
                 for other, ms, _ in samples:
                     self._taken.setdefault(tuple(sorted(other)), set()).add(ms)
-        taken = self._taken.setdefault(labels, set())
-        for ms in range(sample[1] + 1, sample[1] + 1 + PROBE_MS):
-            have = stored.get((labels, ms))
-            if have is not None:
-                if same_value(have, sample[2]):
-                    return True
-                continue
-            if ms not in taken:
-                taken.add(ms)
-                return ms
+        taken = [self._taken.setdefault(key, set()) for key in keys]
+        last = at + PROBE_MS
+        after = max((newest[key] for key in keys if key in newest), default=at)
+        for start in (max(at, after) + 1, at + 1):
+            for ms in range(start, last + 1):
+                if free(ms) and not any(ms in t for t in taken):
+                    for t in taken:
+                        t.add(ms)
+                    return ms
         return None
 
     def _read_back(
