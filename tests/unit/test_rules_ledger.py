@@ -191,3 +191,15 @@ def test_a_dry_run_reads_the_ledger_and_never_writes_it(tmp_path) -> None:
     rules = rig.run(4, values(8)[4:])
     assert rules["aggregates"] > 0 and rules["ledger"]["writes"] == 0
     assert ledger.load(KEY).covered == [[0, 3]]  # the function will aggregate 4..7 itself
+
+
+def test_an_unreachable_ledger_fails_the_batch_as_an_expected_retry_not_a_crash() -> None:
+    from refinery.handlers.enricher import _expected_failure
+    from refinery.quarantine import QuarantineError
+    from refinery.rules.ledger import LedgerError
+    from refinery.sinks import FlushError
+
+    assert _expected_failure(LedgerError("cannot read s3://b/rules-state/x.json.gz: AccessDenied"))
+    assert _expected_failure(FlushError("influxdb-v1: gave up", 0))
+    assert _expected_failure(QuarantineError("cannot write the quarantine"))
+    assert not _expected_failure(KeyError("a bug"))

@@ -6,6 +6,7 @@ configuration, the metadata store (snapshot + per-app tag cache) and the sink's 
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -117,6 +118,15 @@ def point_stage(config: EnricherConfig) -> PointStage | None:
     return PointStage(config.point_filter, rule_book)
 
 
+def _expected_failure(exc: BaseException) -> bool:
+    """A failure the event source mapping's retry may cure: an unacknowledged flush, an unwritable
+    quarantine, an unreachable recording-rules ledger (rules/ledger.py, loaded only with rules)."""
+    if isinstance(exc, (FlushError, QuarantineError)):
+        return True
+    ledger = sys.modules.get("refinery.rules.ledger")
+    return ledger is not None and isinstance(exc, ledger.LedgerError)
+
+
 def runtime() -> Runtime:
     """The container's state, built on first use; a configuration error names every bad setting."""
     global _runtime
@@ -165,18 +175,16 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             timestamp_digits=rt.config.timestamp_digits,
             stage=rt.stage,
         )
-    except (FlushError, QuarantineError) as exc:
-        emit_failure_metric(metrics, "BatchFailures")
-        _pipeline_failure(rt, deadline, event, context, started_ns)
-        logger.error(
-            "batch failed; the event source mapping will retry it",
-            extra={**error_fields(exc), **_failed_batch(event)},
-        )
-        raise
     except Exception as exc:
         emit_failure_metric(metrics, "BatchFailures")
         _pipeline_failure(rt, deadline, event, context, started_ns)
-        logger.exception("batch failed unexpectedly", extra={**error_fields(exc), **_failed_batch(event)})
+        if _expected_failure(exc):  # a sink, the quarantine or the rules' ledger is unreachable: no traceback
+            logger.error(
+                "batch failed; the event source mapping will retry it",
+                extra={**error_fields(exc), **_failed_batch(event)},
+            )
+        else:
+            logger.exception("batch failed unexpectedly", extra={**error_fields(exc), **_failed_batch(event)})
         raise
     summary = result.summary()
     summary["event_source"] = info.source
