@@ -249,6 +249,9 @@ def test_the_enricher_routes_quarantines_a_missing_database_and_replay_delivers_
     waiting = summary["quarantined_by_reason"]["destination_unavailable"]
     assert waiting and set(summary["quarantined_by_reason"]) == {"destination_unavailable"}
     assert summary["written"] + waiting == summary["records_in"] - summary["dropped"]
+    # replayed while it is still missing: refused again for the same reason, and quarantined again
+    early = replay(str(tmp_path / "q"))
+    assert early.written == 0 and early.still_refused == {"destination_unavailable": waiting}, early.as_dict()
     # team-c's database is created: the replay routes its records there, and only there
     influxdb1.create_database(databases["team_c"])
     report = replay(str(tmp_path / "q"))

@@ -463,7 +463,7 @@ def _replay_refused_lines(
     """Write each refused line to the sink that refused it, and only there; re-quarantine what is
     still refused (with the same sink and line). A record counts as written when every line refused
     for it is now acknowledged."""
-    from refinery.pipeline import REJECTED
+    from refinery.pipeline import refusal_reason
     from refinery.quarantine import QuarantinedRecord, batch_object_key
     from refinery.sinks import Deadline, PrintSink
     from refinery.sinks.fanout import find_member
@@ -490,13 +490,13 @@ def _replay_refused_lines(
             refused = {lines[index]: message for index, message in written.rejected}
         again = [entry for entry in items if entry["line"] in refused]
         for entry in again:
-            still[record_key(entry)] = REJECTED
+            still[record_key(entry)] = refusal_reason(refused[entry["line"]])
         if again and not dry_run:
             bad = [
                 QuarantinedRecord(
                     _partition_key(entry),
                     _kafka_record(entry),
-                    REJECTED,
+                    refusal_reason(refused[entry["line"]]),
                     refused[entry["line"]],
                     name,
                     entry["line"],

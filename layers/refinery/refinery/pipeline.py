@@ -127,6 +127,12 @@ TOO_OLD = "too_old"
 REJECTED = "rejected_by_server"
 
 
+def refusal_reason(message: str) -> str:
+    """The quarantine reason of a line a sink refused: ``destination_unavailable`` for a routed line whose
+    destination is missing or refuses us (sinks/routed.py), else ``rejected_by_server``."""
+    return DESTINATION_UNAVAILABLE if message.startswith(DESTINATION_UNAVAILABLE) else REJECTED
+
+
 @dataclass
 class Transformed:
     lines: list[str]
@@ -382,8 +388,7 @@ def _quarantine_rejected(
             result.points -= 1
         line = done.lines[index] if sink_name is not None else None
         aggregate = bool(getattr(done.routes.get(index), "last", False))
-        # A routed line whose destination is missing or refuses us (sinks/routed.py): its own reason.
-        reason = DESTINATION_UNAVAILABLE if message.startswith(DESTINATION_UNAVAILABLE) else REJECTED
+        reason = refusal_reason(message)
         for key, record in done.origins_of(index):
             if failed and _delivered_again(key, record, failed):
                 continue
