@@ -36,12 +36,13 @@ import boto3
 import orjson
 import pytest
 
+from refinery.batch import BatchPoints
+from refinery.convert import Dropped, convert
 from refinery.identity import DEFAULT_DIGITS, stamp_line
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
 from refinery.metadata.store import MetadataStore, SnapshotSource
-from refinery.pipeline import Transformed, transform_batch
+from refinery.pipeline import convert_batch
 from refinery.quarantine import decode_records
-from refinery.transform import Dropped, convert
 from refinery_tools.dev.samples import sample_envelopes
 from refinery_tools.dev.servers import InfluxDB1Server
 from support.faultproxy import FaultProxy
@@ -158,11 +159,11 @@ class BytesSnapshotSource(SnapshotSource):
         return (None, etag) if etag == "fixed" else (self.data, "fixed")
 
 
-def expected_lines(event: dict[str, Any], snapshot: bytes) -> Transformed:
+def expected_lines(event: dict[str, Any], snapshot: bytes) -> BatchPoints:
     """The batch through the pure transform with ``snapshot``: lines, quarantine and origins, no I/O."""
     store = MetadataStore(BytesSnapshotSource(snapshot), live_max=0)
     store.begin_invocation()
-    return transform_batch(event, store)
+    return convert_batch(event, store)
 
 
 def stored(influx: InfluxDB1Server, db: str) -> dict[str, list[dict[str, Any]]]:

@@ -51,7 +51,7 @@ from faults import (
 from refinery.lineparse import ParsedLine, parse_line, series_end
 from refinery.metadata.snapshot import AppInfo
 from refinery.metadata.store import MetadataStore
-from refinery.pipeline import transform_batch
+from refinery.pipeline import convert_batch
 from refinery.quarantine import QuarantineError
 from refinery.sinks import FlushError
 from refinery_tools.events import SAMPLE_BOOTSTRAP, SAMPLE_CLUSTER_ARN
@@ -96,7 +96,7 @@ class PureTransform:
             "value": base64.b64encode(value).decode(),
             "headers": [],
         }
-        done = transform_batch(
+        done = convert_batch(
             {"eventSource": "aws:kafka", "records": {f"{TOPIC}-0": [record]}},
             self.store,
             timestamp_digits=self.digits,

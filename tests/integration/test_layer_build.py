@@ -103,19 +103,19 @@ CHECK_UNDER_312 = """
 import json, sys
 from refinery import speedups
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
-from refinery.pipeline import transform_batch
+from refinery.pipeline import convert_batch
 
 assert sys.version_info[:2] == (3, 12), sys.version
 assert speedups.IMPLEMENTATION == "compiled", speedups.UNAVAILABLE_REASON
-assert speedups.transform_run.__module__ == "refinery._record_fastpath"
+assert speedups.convert_run.__module__ == "refinery._record_fastpath"
 event_path, snapshot_path, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(event_path) as handle:
     event = json.load(handle)
 store = MetadataStore(FileSnapshotSource(snapshot_path))
 store.begin_invocation()
-fast = transform_batch(event, store)
+fast = convert_batch(event, store)
 store.begin_invocation()
-pure = transform_batch(event, store, fast_path=False)
+pure = convert_batch(event, store, fast_path=False)
 assert fast.lines == pure.lines, (len(fast.lines), len(pure.lines))
 assert len(fast.lines) == expected
 assert fast.result.summary() | {"seconds": 0} == pure.result.summary() | {"seconds": 0}

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from refinery.envelope import decode_value, uuid_to_guid
-from refinery.pipeline import transform_batch
+from refinery.pipeline import convert_batch
 from refinery_tools.dev import bench
 from refinery_tools.dev.samples import sample_envelopes
 
@@ -138,7 +138,7 @@ def test_synthetic_batch_is_processed_completely() -> None:
     assert work.records == 300 and sum(work.kinds.values()) == 300
     store = bench.new_store(work.snapshot)
     bench.start_invocation(store)
-    done = transform_batch(work.event, store)
+    done = convert_batch(work.event, store)
     assert done.result.points == work.expected_points
     assert not done.quarantine and set(done.result.dropped) <= {"value_metric", "counter_event"}
     assert len(bench.point_baseline(work.event, work.apps)) == work.expected_points

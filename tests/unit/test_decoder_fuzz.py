@@ -2,7 +2,7 @@
 
 Mutations of the six bundled envelopes — byte flips, truncation, key deletions, type swaps, huge /
 negative / float integers, NaN and infinities, deep nesting, random Unicode, non-base64 values, None
-values, records that are not even objects — go through :func:`refinery.pipeline.transform_batch`
+values, records that are not even objects — go through :func:`refinery.pipeline.convert_batch`
 with a metadata store on the sample snapshot. No exception may escape, and every record must be
 accounted for exactly once: records_in == written + dropped + quarantined.
 
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
-from refinery.pipeline import transform_batch
+from refinery.pipeline import convert_batch
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes, sample_snapshot
 from refinery_tools.events import build_kafka_event
 
@@ -364,7 +364,7 @@ def batches(draw: st.DrawFn) -> dict[str, Any]:
 
 def check_accounting(event: dict[str, Any], store: MetadataStore) -> Any:
     store.begin_invocation()
-    done = transform_batch(event, store)  # must not raise, whatever the records hold
+    done = convert_batch(event, store)  # must not raise, whatever the records hold
     result = done.result
     records = sum(len(batch) for batch in event["records"].values())
     dropped = sum(result.dropped.values())
@@ -454,7 +454,7 @@ def test_edge_values_of_the_hazard_list_are_accounted_for(store: MetadataStore) 
 
 def test_deeply_nested_json_is_quarantined_not_a_crash(store: MetadataStore) -> None:
     """Regression: JSON nested deeper than orjson's limit (1024) fell back to json.loads, whose
-    RecursionError escaped transform_batch (the batch failed on every retry)."""
+    RecursionError escaped convert_batch (the batch failed on every retry)."""
     raw = b'{"eventType":5,"logMessage":' + b"[" * 5_000 + b"1" + b"]" * 5_000 + b"}"
     result = check_accounting(one_record_batch(base64.b64encode(raw).decode()), store)
     assert result.quarantined == {"not_json": 1}
@@ -462,13 +462,13 @@ def test_deeply_nested_json_is_quarantined_not_a_crash(store: MetadataStore) -> 
 
 def test_a_huge_integer_cpu_percentage_omits_the_field(store: MetadataStore) -> None:
     """Regression: an integer cpuPercentage beyond the float range (orjson refuses it, the json fallback
-    reads it as an int) used to raise OverflowError out of transform_batch (float(cpu))."""
+    reads it as an int) used to raise OverflowError out of convert_batch (float(cpu))."""
     raw = serialise(container(), True).replace(
         b'"cpuPercentage":0.4518379826149203', b'"cpuPercentage":1' + b"0" * 400
     )
     assert b"0" * 400 in raw
     store.begin_invocation()
-    done = transform_batch(one_record_batch(base64.b64encode(raw).decode()), store)
+    done = convert_batch(one_record_batch(base64.b64encode(raw).decode()), store)
     assert done.result.written == 1 and len(done.lines) == 1
     assert " disk=" in done.lines[0] and "cpu=" not in done.lines[0]
 
@@ -480,5 +480,5 @@ def test_a_lone_surrogate_is_quarantined_and_every_line_can_be_encoded(store: Me
     log["logMessage"]["source_instance"] = "\ud800"
     assert log["logMessage"]["app_id"] == SAMPLE_APP.guid
     store.begin_invocation()
-    done = transform_batch(one_record_batch(encoded(log)), store)
+    done = convert_batch(one_record_batch(encoded(log)), store)
     assert done.result.quarantined == {"not_json": 1} and done.lines == []

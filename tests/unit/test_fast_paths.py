@@ -8,8 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refinery.envelope import Poison
-from refinery.transform import (
+from refinery.convert import (
     AppTags,
     _container,
     _http,
@@ -18,6 +17,7 @@ from refinery.transform import (
     http_point,
     log_point,
 )
+from refinery.envelope import Poison
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
 
 TAGS = AppTags.from_info(SAMPLE_APP)

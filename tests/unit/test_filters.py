@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refinery.batch import BatchResult
 from refinery.config import ConfigError, load_enricher_config
 from refinery.filters import PointFilter, parse_extra_tags
 from refinery.handlers.enricher import build_runtime
 from refinery.lineparse import parse_line, parse_series, render_line
 from refinery.lineproto import escape_tag
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
-from refinery.pipeline import BatchResult, process_batch
+from refinery.pipeline import process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine
 from refinery.sinks import Deadline

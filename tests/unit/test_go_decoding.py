@@ -5,7 +5,7 @@ folds the Kelvin sign to k and the long s to s), key by key in order: the last m
 an object given twice for one struct field is decoded into the same struct. Enums take a number or
 the enum's name as a string. cf-metrics-refinery's own fixtures spell ``HttpStartStop``.
 
-Each case is checked three ways: the reference path's line (:func:`refinery.transform.convert`),
+Each case is checked three ways: the reference path's line (:func:`refinery.convert.convert`),
 the line the nozzle's exact spelling gives (the same point), and the compiled fast path, which must
 either give the same or decline (never read a variant key differently).
 """
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refinery.convert import AppTags, Dropped, convert
 from refinery.envelope import Poison, go_fold, go_view
-from refinery.transform import AppTags, Dropped, convert
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
 from support.unavailable import unavailable
 

@@ -5,7 +5,7 @@
 * the identity time never leaves the event's aligned 10**digits-ns window and stays an int64;
 * distinct records agree in their last digits about as often as the README says (1 in 10**digits),
   including records that differ in a few bits only (CRC-32 alone is linear: the finaliser matters);
-* ``transform_batch`` gives each record the point it gets alone, however the batch is cut.
+* ``convert_batch`` gives each record the point it gets alone, however the batch is cut.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from refinery.identity import (
     point_time,
     stamp_line,
 )
-from refinery.pipeline import transform_batch
+from refinery.pipeline import convert_batch
 from refinery_tools.dev import bench
 from refinery_tools.dev.samples import sample_envelopes
 from refinery_tools.events import build_kafka_event
@@ -113,16 +113,14 @@ def test_any_cut_of_the_batch_gives_each_record_its_own_point(data: st.DataObjec
     partitions = data.draw(st.integers(1, 4))
     store = bench.new_store(work.snapshot)
     bench.start_invocation(store)
-    alone = {v: transform_batch(build_kafka_event([v], partitions=1), store).lines for v in set(values)}
+    alone = {v: convert_batch(build_kafka_event([v], partitions=1), store).lines for v in set(values)}
     expected = {line for v in values for line in alone[v]}
     order = data.draw(st.permutations(values))
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(order) - 1)), max_size=5)))
     got: set[str] = set()
     for start, end in zip([0, *cuts], [*cuts, len(order)], strict=True):
         if start < end:
-            got.update(
-                transform_batch(build_kafka_event(order[start:end], partitions=partitions), store).lines
-            )
+            got.update(convert_batch(build_kafka_event(order[start:end], partitions=partitions), store).lines)
     assert got == expected
 
 
@@ -138,6 +136,6 @@ def test_the_compiled_and_pure_paths_agree_on_identity_times() -> None:
         for digits in (0, 3, 6):
             store = bench.new_store(WORK.snapshot)
             bench.start_invocation(store)
-            results.append(transform_batch(event, store, timestamp_digits=digits, fast_path=fast_path).lines)
+            results.append(convert_batch(event, store, timestamp_digits=digits, fast_path=fast_path).lines)
     assert results[:3] == results[3:]
     assert len({tuple(r) for r in results[:3]}) == 3  # the digits matter

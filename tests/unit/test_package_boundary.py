@@ -1,4 +1,4 @@
-"""The runtime package stands alone: what Lambda runs imports no tooling.
+"""The runtime package stands alone: what Lambda runs imports no tooling, and its modules form no cycle.
 
 ``layers/refinery/refinery`` is all the refinery layer ships; the CLI and development tools live in
 ``tools/refinery_tools`` and the test helpers under ``tests/support``. These checks read the imports
@@ -55,6 +55,32 @@ def test_no_runtime_module_imports_tooling_or_dev_only_packages() -> None:
         if imported.split(".")[0] in FORBIDDEN
     ]
     assert offenders == []
+
+
+def test_the_runtime_package_has_no_import_cycle() -> None:
+    modules = _runtime_modules()
+    graph = {
+        name: sorted(
+            {m for m in _imports(path) if m in modules and not name.startswith(m + ".") and m != name}
+        )
+        for name, path in modules.items()
+    }
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
 
 
 def test_the_handlers_sit_side_by_side_and_the_refresh_does_not_import_the_enricher() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from refinery.identity import point_time
 from refinery.metadata.store import FileSnapshotSource, MetadataStore
-from refinery.pipeline import process_batch, transform_batch
+from refinery.pipeline import convert_batch, process_batch
 from refinery.quarantine import Quarantine, decode_records
 from refinery.sinks import Deadline
 from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
@@ -88,7 +88,7 @@ def resent_and_twin(tmp_path) -> tuple[dict, list[bytes], MetadataStore]:
 
 def test_identical_records_give_one_point_and_distinct_ones_keep_their_own(tmp_path) -> None:
     log, values, store = resent_and_twin(tmp_path)
-    done = transform_batch(build_kafka_event(values, partitions=1), store)
+    done = convert_batch(build_kafka_event(values, partitions=1), store)
     assert done.result.resends == 1 and done.result.identity_collisions == 0
     # Each point's time is the event's microsecond with the last three digits from its record's bytes.
     event_time = log["logMessage"]["timestamp"]
@@ -97,13 +97,13 @@ def test_identical_records_give_one_point_and_distinct_ones_keep_their_own(tmp_p
     assert times[0] != times[1] and {t // 1000 for t in times} == {event_time // 1000}
     assert done.result.written == 3 and done.result.balanced
     # Cut differently (each record alone, in another order): the same points.
-    alone = [transform_batch(build_kafka_event([v], partitions=1), store).lines for v in reversed(values)]
+    alone = [convert_batch(build_kafka_event([v], partitions=1), store).lines for v in reversed(values)]
     assert sorted({line for lines in alone for line in lines}) == sorted(done.lines)
 
 
 def test_exact_timestamps_count_the_collision_they_cannot_avoid(tmp_path) -> None:
     log, values, store = resent_and_twin(tmp_path)
-    done = transform_batch(build_kafka_event(values, partitions=1), store, timestamp_digits=0)
+    done = convert_batch(build_kafka_event(values, partitions=1), store, timestamp_digits=0)
     assert done.result.resends == 1 and done.result.identity_collisions == 1
     assert [line.rsplit(" ", 1)[1] for line in done.lines] == [str(log["logMessage"]["timestamp"])] * 2
 

@@ -31,6 +31,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinery import pipeline, speedups
+from refinery.batch import BatchPoints
+from refinery.convert import (
+    DROP_COUNTER_EVENT,
+    DROP_LOG_SOURCE,
+    DROP_NO_APP_ID,
+    DROP_UNKNOWN_APP,
+    DROP_VALUE_METRIC,
+    AppTags,
+    Dropped,
+    convert,
+)
 from refinery.envelope import (
     INT64_MAX,
     INT64_MIN,
@@ -41,16 +52,6 @@ from refinery.envelope import (
 )
 from refinery.identity import stamp_line
 from refinery.metadata.snapshot import AppInfo
-from refinery.transform import (
-    DROP_COUNTER_EVENT,
-    DROP_LOG_SOURCE,
-    DROP_NO_APP_ID,
-    DROP_UNKNOWN_APP,
-    DROP_VALUE_METRIC,
-    AppTags,
-    Dropped,
-    convert,
-)
 from refinery_tools.dev import bench
 from refinery_tools.dev.envelopes import container_envelope, guid_to_uuid, http_envelope
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
@@ -299,8 +300,8 @@ def test_compiled_fast_path_is_what_the_pipeline_runs(fast: Convert) -> None:
     assert speedups.IMPLEMENTATION == "compiled", speedups.UNAVAILABLE_REASON
     from refinery import _record_fastpath
 
-    assert speedups.transform_run is _record_fastpath.transform_run
-    assert pipeline.transform_run is _record_fastpath.transform_run
+    assert speedups.convert_run is _record_fastpath.convert_run
+    assert pipeline.convert_run is _record_fastpath.convert_run
 
 
 def test_samples_are_answered_like_the_reference_with_known_and_unknown_apps(fast: Convert) -> None:
@@ -1037,19 +1038,19 @@ def test_transform_batch_is_the_same_with_and_without_the_fast_path(monkeypatch:
     answers = Counter[str]()
 
     def counting_run(batch: list[Any], index: int, *rest: Any) -> tuple[int, Any, int]:
-        after, outcome, placed = _record_fastpath.transform_run(batch, index, *rest)
+        after, outcome, placed = _record_fastpath.convert_run(batch, index, *rest)
         answers["run"] += after - index + (outcome is not None)  # answered: consumed, or handed back
         answers["run declined"] += after < len(batch) and outcome is None
         return after, outcome, placed
 
-    monkeypatch.setattr(pipeline, "transform_run", counting_run)
+    monkeypatch.setattr(pipeline, "convert_run", counting_run)
     for oldest in (None, min(stamps) + 40.5):  # the second: the first 41 records (and a copy) are too old
         answers.clear()
         results = []
         for fast_path in (True, False):
             store = bench.new_store(snapshot)
             bench.start_invocation(store)
-            results.append(pipeline.transform_batch(event, store, oldest, fast_path=fast_path))
+            results.append(pipeline.convert_batch(event, store, oldest, fast_path=fast_path))
         compiled, pure = results
         records_in = compiled.result.records_in
         assert answers["run"] >= 900 and answers["run declined"] > 0, answers
@@ -1064,7 +1065,7 @@ def test_transform_batch_is_the_same_with_and_without_the_fast_path(monkeypatch:
             assert compiled.result.quarantined["too_old"] == too_old > 40, summary
 
 
-def check_same_transformed(compiled: pipeline.Transformed, pure: pipeline.Transformed, name: str) -> None:
+def check_same_transformed(compiled: BatchPoints, pure: BatchPoints, name: str) -> None:
     assert compiled.lines == pure.lines, name
     assert [(k, id(r)) for k, r in compiled.origins] == [(k, id(r)) for k, r in pure.origins], name
     assert {i: [(k, id(r)) for k, r in o] for i, o in compiled.more_origins.items()} == {
@@ -1072,7 +1073,7 @@ def check_same_transformed(compiled: pipeline.Transformed, pure: pipeline.Transf
     }, name
     assert compiled.first_timestamp == pure.first_timestamp, name
 
-    def quarantined(done: pipeline.Transformed) -> list[tuple[Any, ...]]:
+    def quarantined(done: BatchPoints) -> list[tuple[Any, ...]]:
         return [(q.partition_key, q.record, q.reason, q.detail) for q in done.quarantine]
 
     assert quarantined(compiled) == quarantined(pure), name

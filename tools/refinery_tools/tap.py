@@ -6,7 +6,7 @@ as (with tenant routing, and where: the database or bucket and the route that ch
 dropped or quarantined. It writes nothing, quarantines nothing and commits nothing,
 and never joins a consumer group: run it beside ``refinery consume`` or the real function.
 
-The outcome is the pipeline's own: each record goes through :func:`refinery.pipeline.transform_batch`
+The outcome is the pipeline's own: each record goes through :func:`refinery.pipeline.convert_batch`
 as a one-record event, with the enricher's configuration (snapshot, live lookups, age limit,
 ``TIMESTAMP_HASH_DIGITS``) and its filters and extra tags; the app GUID and the tier are what the
 metadata store was asked and which of its counters moved. Records of one event (or one poll of the
@@ -74,7 +74,7 @@ class Tapped:
 
 
 class _AskedStore:
-    """The metadata store as :func:`transform_batch` sees it, noting which app GUIDs it was asked."""
+    """The metadata store as :func:`convert_batch` sees it, noting which app GUIDs it was asked."""
 
     def __init__(self, store: Any):
         self.store = store
@@ -132,13 +132,13 @@ class Tap:
         self._points = {}
 
     def record(self, key: str, record: dict[str, Any]) -> Tapped:
-        from refinery.pipeline import transform_batch
+        from refinery.pipeline import convert_batch
 
         asked = _AskedStore(self.store)
         before = self.store.stats.tiers()
         max_age = self.config.max_record_age
         oldest = (self.now() - max_age) * 1000.0 if max_age else None
-        done = transform_batch(
+        done = convert_batch(
             {"records": {key: [record]}}, asked, oldest, timestamp_digits=self.config.timestamp_digits
         )
         if self.stage is not None:

@@ -2,7 +2,7 @@
 """The compiled fast path: one Kafka record value -> its line, without building Python objects.
 
 The reference path base64-decodes a record, parses it into dicts with orjson and reads the fields
-(:func:`refinery.transform.convert`). This module base64-decodes it the same way and then *scans*
+(:func:`refinery.convert.convert`). This module base64-decodes it the same way and then *scans*
 the JSON bytes once, in C: it checks the whole document against the JSON grammar (strings, escapes,
 UTF-8, numbers, nesting) and reads only the fields a point needs, straight into C integers.
 
@@ -23,7 +23,7 @@ from zlib import crc32
 
 from .envelope import MAX_VALUE_BYTES, b64decode
 from .lineproto import format_float as _py_format_float
-from . import transform as _py
+from . import convert as _py
 
 
 cdef extern from "Python.h":
@@ -139,7 +139,7 @@ cdef object subsecond_text(long long ns):
 
 
 cdef inline double go_seconds(long long ns):
-    """Go's ``Duration.Seconds()`` (as :func:`refinery.transform.go_seconds`; C division truncates)."""
+    """Go's ``Duration.Seconds()`` (as :func:`refinery.convert.go_seconds`; C division truncates)."""
     cdef long long sec = ns / NS_PER_S
     return <double>sec + <double>(ns - sec * NS_PER_S) / 1e9
 
@@ -256,17 +256,17 @@ cdef object container_point(Container *m, long long timestamp, object tags):
 
 
 def convert_value(value, lookup, long long modulus=1):
-    """A record's base64 value -> what :func:`refinery.transform.convert` gives for it (a point or
+    """A record's base64 value -> what :func:`refinery.convert.convert` gives for it (a point or
     a ``Dropped``; the point at its identity time, :func:`refinery.identity.stamp_line`, with
     ``modulus`` = 10**digits), or ``None``: not handled here, take the reference path."""
     return convert_record(value, lookup, modulus)
 
 
-def transform_run(list batch not None, Py_ssize_t index, key, lookup, dict by_time not None,
+def convert_run(list batch not None, Py_ssize_t index, key, lookup, dict by_time not None,
                   list lines not None, list origins not None, dropped, oldest_ms, long long modulus):
     """The records ``batch[index:]`` through the fast path, for as long as each one is a point with a
     timestamp no other point of the batch has, or a drop by policy: placed and counted exactly as
-    :func:`refinery.pipeline.transform_batch` does (``by_time``, ``lines``, ``origins``, the
+    :func:`refinery.pipeline.convert_batch` does (``by_time``, ``lines``, ``origins``, the
     ``dropped`` Counter). It stops at the first record that needs the pipeline's own handling,
     which includes one with a Kafka ``timestamp`` below ``oldest_ms`` (when not None: too old). Points
     are at their identity time (``modulus`` = 10**``TIMESTAMP_HASH_DIGITS``, see :mod:`refinery.identity`).

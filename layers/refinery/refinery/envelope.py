@@ -258,7 +258,7 @@ def _resolve(obj: dict[str, Any], struct: Struct) -> dict[str, Any]:
 
 
 def go_view(envelope: dict[str, Any]) -> dict[str, Any]:
-    """The envelope as Go's decoder reads it, for the fields the transform reads: the same dict when
+    """The envelope as Go's decoder reads it, for the fields the conversion reads: the same dict when
     its keys are the exact ones (the nozzle's), else a copy with the keys resolved; enum names given
     as strings become their numbers. Raises :class:`Poison` for an enum name that does not exist."""
     variant = _has_variant(envelope)

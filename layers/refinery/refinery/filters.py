@@ -22,7 +22,7 @@ from functools import cached_property
 from .lineparse import pair_key, parse_series, split_series, unescape_measurement
 from .lineproto import escape_tag
 
-#: Tags the schema writes (transform.py) and the one recording rules add: extra tags may not use them.
+#: Tags the schema writes (convert.py) and the one recording rules add: extra tags may not use them.
 RESERVED_TAGS = frozenset(
     {
         "app",

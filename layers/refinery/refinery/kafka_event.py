@@ -2,7 +2,7 @@
 
 ``records`` maps ``"<topic>-<partition>"`` to a list of records with ``topic``, ``partition``,
 ``offset``, ``timestamp`` (epoch ms), ``timestampType``, optional ``key`` and ``value`` (base64) and
-``headers``. The hot path (``pipeline.transform_batch``) reads the plain dicts, and so does
+``headers``. The hot path (``pipeline.convert_batch``) reads the plain dicts, and so does
 :func:`describe` for the event-level fields (source, cluster ARN, bootstrap servers): Powertools'
 ``KafkaEvent`` data class would give the same, but importing its package cost the first invocation
 ~50 ms at 512 MB (``refinery_tools.dev.coldstart``).

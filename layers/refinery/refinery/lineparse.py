@@ -1,6 +1,6 @@
 """Reading refinery's line protocol back: series key, tags, fields and timestamp.
 
-The inverse of :mod:`refinery.lineproto`, for the stages that look at points after the transform
+The inverse of :mod:`refinery.lineproto`, for the stages that look at points after the conversion
 (filters, extra tags, recording rules) and for sinks that are not InfluxDB (Prometheus remote
 write). It follows InfluxDB's own parser: a ``,`` ``=`` or space preceded by a backslash is part of
 the name, and unescaping removes that backslash (``\\,`` ``\\=`` ``\\ ``); any other backslash stays.

@@ -301,7 +301,7 @@ def log_implementation(logger: Any) -> None:
     """Once per container: which per-record path runs (compiled, or pure Python and why)."""
     from . import speedups
 
-    if speedups.transform_run is not None:
+    if speedups.convert_run is not None:
         logger.info("per-record fast path: compiled", extra={"implementation": speedups.IMPLEMENTATION})
     else:
         logger.warning(

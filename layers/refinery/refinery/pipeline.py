@@ -1,4 +1,4 @@
-"""One batch through the stages: decode -> enrich -> transform -> sink, and the accounting.
+"""One batch through the stages: decode -> enrich -> convert -> sink, and the accounting.
 
 Every record ends in exactly one of three fates, so that for every invocation::
 
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import time
 from binascii import a2b_base64
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .batch import BatchPoints, BatchResult, Origin
+from .convert import DROP_UNKNOWN_APP, Dropped, convert
 from .envelope import MAX_VALUE_BYTES, Poison, b64decode, decode_value
 from .identity import DEFAULT_DIGITS, stamp_line
 from .lineparse import series_end
@@ -49,8 +49,7 @@ from .quarantine import Quarantine, QuarantinedRecord, batch_object_key
 from .sinks import Deadline, FlushError, Sink, WriteReport
 from .sinks.base import DESTINATION_UNAVAILABLE
 from .sinks.fanout import families, write_routed
-from .speedups import transform_run
-from .transform import DROP_UNKNOWN_APP, Dropped, convert
+from .speedups import convert_run
 
 if TYPE_CHECKING:
     from .point_stage import PointStage
@@ -63,65 +62,6 @@ MISS_DETAILS = {
 }
 
 
-@dataclass
-class BatchResult:
-    records_in: int = 0
-    written: int = 0
-    points: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    quarantined: Counter[str] = field(default_factory=Counter)
-    resends: int = 0  # records whose point another record of the batch also gave: written once
-    identity_collisions: int = 0  # points of one series at one time with other fields: one is kept
-    partitions: dict[str, list[Any]] = field(default_factory=dict)
-    quarantine_object: str | None = None
-    sink: WriteReport | None = None
-    seconds: float = 0.0
-    batch_item_failures: list[dict[str, Any]] = field(default_factory=list)
-    flush_error: str | None = None
-    redelivered: int = 0
-    rules: dict[str, Any] = field(default_factory=dict)  # recording rules' counts (when configured)
-
-    @property
-    def balanced(self) -> bool:
-        return self.records_in == (
-            self.written + sum(self.dropped.values()) + sum(self.quarantined.values()) + self.redelivered
-        )
-
-    def summary(self) -> dict[str, Any]:
-        sink = self.sink or WriteReport()
-        return {
-            "records_in": self.records_in,
-            "written": self.written,
-            "points": self.points,
-            "dropped": sum(self.dropped.values()),
-            "dropped_by_reason": dict(self.dropped),
-            "quarantined": sum(self.quarantined.values()),
-            "quarantined_by_reason": dict(self.quarantined),
-            "resends": self.resends,
-            "identity_collisions": self.identity_collisions,
-            "partitions": {
-                k: {"first_offset": v[0], "last_offset": v[1], "records": v[2]}
-                for k, v in self.partitions.items()
-            },
-            "quarantine_object": self.quarantine_object,
-            "sink_chunks": sink.chunks,
-            "sink_bytes": sink.bytes,
-            "sink_requests": sink.attempts,
-            "sink_retries": sink.retries,
-            "sink_splits": sink.splits,
-            **({"sink_skipped_fields": sink.skipped_fields} if sink.skipped_fields else {}),
-            **({"sink_rewrites": sink.rewrites} if sink.rewrites else {}),
-            **({"sink_conflicts": sink.conflicts} if sink.conflicts else {}),
-            "batch_item_failures": self.batch_item_failures,
-            "redelivered": self.redelivered,
-            "flush_error": self.flush_error,
-            "sink_seconds": round(sink.seconds, 4),
-            "seconds": round(self.seconds, 4),
-            **({"rules": self.rules} if self.rules else {}),
-        }
-
-
-Origin = tuple[str, dict[str, Any]]  # (topic-partition key, record)
 MAX_VALUE_CHARS = MAX_VALUE_BYTES * 4 // 3 + 4
 TOO_OLD = "too_old"
 REJECTED = "rejected_by_server"
@@ -131,22 +71,6 @@ def refusal_reason(message: str) -> str:
     """The quarantine reason of a line a sink refused: ``destination_unavailable`` for a routed line whose
     destination is missing or refuses us (sinks/routed.py), else ``rejected_by_server``."""
     return DESTINATION_UNAVAILABLE if message.startswith(DESTINATION_UNAVAILABLE) else REJECTED
-
-
-@dataclass
-class Transformed:
-    lines: list[str]
-    quarantine: list[QuarantinedRecord]
-    result: BatchResult
-    first_timestamp: Any = None
-    origins: list[Origin] = field(default_factory=list)
-    more_origins: dict[int, list[Origin]] = field(default_factory=dict)
-    whole_batch_only: bool = False  # set by recording rules: no partial batch response may split it
-    routes: dict[int, Any] = field(default_factory=dict)  # rule outputs: which sinks take them (fanout.Route)
-
-    def origins_of(self, index: int) -> list[Origin]:
-        """The records whose point is ``lines[index]`` (several when identical records repeat)."""
-        return [self.origins[index], *self.more_origins.get(index, ())]
 
 
 class _SameTime:
@@ -163,8 +87,8 @@ class _Placement:
     """Points placed in the batch: one dict insert per timestamp; lines compared only when two points
     share a timestamp (the compiled fast path does the common case inline, with the same ``by_time``)."""
 
-    def __init__(self, transformed: Transformed):
-        self.t = transformed
+    def __init__(self, points: BatchPoints):
+        self.t = points
         self.by_time: dict[int, int | _SameTime] = {}
 
     def collide(self, line: str, timestamp: int, origin: Origin) -> None:
@@ -187,15 +111,15 @@ class _Placement:
         t.origins.append(origin)
 
 
-def transform_batch(
+def convert_batch(
     event: dict[str, Any],
     store: MetadataStore,
     oldest_timestamp_ms: float | None = None,
     *,
     timestamp_digits: int = DEFAULT_DIGITS,
     fast_path: bool = True,
-) -> Transformed:
-    """Decode, enrich and transform every record (no I/O but metadata lookups).
+) -> BatchPoints:
+    """Decode, enrich and convert every record to its point (no I/O but metadata lookups).
 
     ``origins[i]`` lists the records whose point is ``lines[i]`` (more than one for duplicates).
     The common record is handled by the compiled fast path when it is built
@@ -210,16 +134,16 @@ def transform_batch(
     """
     modulus = 10**timestamp_digits
     result = BatchResult()
-    transformed = Transformed([], [], result)
-    placement = _Placement(transformed)
+    points = BatchPoints([], [], result)
+    placement = _Placement(points)
     collide = placement.collide
     by_time = placement.by_time
-    lines = transformed.lines
-    origins = transformed.origins
-    bad = transformed.quarantine
+    lines = points.lines
+    origins = points.origins
+    bad = points.quarantine
     lookup = store.lookup
     loads = orjson.loads
-    run = transform_run if fast_path else None
+    run = convert_run if fast_path else None
     partitions = result.partitions
     dropped = result.dropped
     first_timestamp = None
@@ -295,9 +219,9 @@ def transform_batch(
     result.written = written
     for item in bad:
         result.quarantined[item.reason] += 1
-    result.points = len(transformed.lines)
-    transformed.first_timestamp = first_timestamp
-    return transformed
+    result.points = len(points.lines)
+    points.first_timestamp = first_timestamp
+    return points
 
 
 def process_batch(
@@ -313,13 +237,13 @@ def process_batch(
     now: Callable[[], float] = time.time,
     stage: PointStage | None = None,
 ) -> BatchResult:
-    """The whole batch: transform, flush the points, quarantine what cannot be processed."""
+    """The whole batch: convert, flush the points, quarantine what cannot be processed."""
     started = time.monotonic()
     store.begin_invocation()
     if stage is not None:  # filters, extra tags, recording rules (point_stage.py)
         stage.begin_invocation()
     oldest = (now() - max_record_age) * 1000.0 if max_record_age else None
-    done = transform_batch(event, store, oldest, timestamp_digits=timestamp_digits)
+    done = convert_batch(event, store, oldest, timestamp_digits=timestamp_digits)
     if stage is not None:
         stage.apply(done, families(sink))
     result = done.result
@@ -341,7 +265,7 @@ def process_batch(
         # now, and count it as redelivered rather than as written, dropped or quarantined.
         bad = [q for q in bad if not _redelivered(q, failed)]
         _quarantine_rejected(done, exc.report, bad, result, failed)
-        again_done = transform_batch(
+        again_done = convert_batch(
             _records_from(event, failed), store, oldest, timestamp_digits=timestamp_digits
         )
         if stage is not None:
@@ -366,7 +290,7 @@ def process_batch(
 
 
 def _quarantine_rejected(
-    done: Transformed,
+    done: BatchPoints,
     report: WriteReport | None,
     bad: list[QuarantinedRecord],
     result: BatchResult,
@@ -400,7 +324,7 @@ def _quarantine_rejected(
             result.quarantined[reason] += 1
 
 
-def _first_unacknowledged(done: Transformed, acknowledged: int) -> list[dict[str, Any]]:
+def _first_unacknowledged(done: BatchPoints, acknowledged: int) -> list[dict[str, Any]]:
     """Per partition, the lowest offset among records whose line was not acknowledged."""
     first: dict[str, Any] = {}
     for index in range(acknowledged, len(done.lines)):

@@ -1,7 +1,7 @@
-"""Between the transform and the sink: filters, extra tags and recording rules.
+"""Between the conversion and the sink: filters, extra tags and recording rules.
 
-The walk is ``transform -> filters / extra tags -> recording rules -> sink``. Each step rewrites
-the batch's :class:`~refinery.pipeline.Transformed` (its lines and, for each line, the records it
+The walk is ``convert -> filters / extra tags -> recording rules -> sink``. Each step rewrites
+the batch's :class:`~refinery.pipeline.BatchPoints` (its lines and, for each line, the records it
 came from), keeping the accounting ``records_in = written + dropped + quarantined`` exact:
 
 * a point removed by a filter: its records are **dropped** (reason ``filtered``);
@@ -10,7 +10,7 @@ came from), keeping the accounting ``records_in = written + dropped + quarantine
   (``rejected_by_server``) if the server refuses it, like the records of any refused point;
 * a rule's output (a record's contribution, a batch's aggregate: :mod:`refinery.rules.aggregate`) is
   a new point whose records are every record that went into it, routed to the sinks that take it
-  (``Transformed.routes``): contributions to InfluxDB, aggregates to remote write (and to InfluxDB
+  (``BatchPoints.routes``): contributions to InfluxDB, aggregates to remote write (and to InfluxDB
   for rules with ``influx_output: aggregates``), written after everything else.
 
 Built only when something is configured (``enricher.build_runtime``); otherwise the pipeline does
@@ -30,7 +30,7 @@ from .rules.loader import RuleBook
 from .rules.model import RuleSet
 
 if TYPE_CHECKING:
-    from .pipeline import Transformed
+    from .batch import BatchPoints
 
 FILTERED = "filtered"
 _UNSEEN = object()
@@ -59,7 +59,7 @@ class PointStage:
             if self.rule_book.stats.failures > failures:  # a changed file that is bad: old rules kept
                 self._reload_error = self.rule_book.stats.last_error
 
-    def apply(self, done: Transformed, families: Collection[str] = (INFLUX,)) -> None:
+    def apply(self, done: BatchPoints, families: Collection[str] = (INFLUX,)) -> None:
         """Filter, tag and aggregate ``done`` for sinks of ``families`` (:mod:`refinery.sinks.fanout`)."""
         if self.point_filter is not None:
             self._filter(done)
@@ -69,7 +69,7 @@ class PointStage:
             done.result.rules["reload_error"] = self._reload_error
         done.result.points = len(done.lines)
 
-    def _filter(self, done: Transformed) -> None:
+    def _filter(self, done: BatchPoints) -> None:
         rewrite = self.point_filter.rewrite  # type: ignore[union-attr]
         decided: dict[str, Any] = {}
         keep: list[int] = []
@@ -89,9 +89,9 @@ class PointStage:
         if filtered:
             done.result.dropped[FILTERED] += filtered
             done.result.written -= filtered
-        _reindex(done, keep, new_lines)
+        done.keep(keep, new_lines)
 
-    def _aggregate(self, done: Transformed, rules: RuleSet, families: Collection[str]) -> None:
+    def _aggregate(self, done: BatchPoints, rules: RuleSet, families: Collection[str]) -> None:
         from .sinks.fanout import Route
 
         def records() -> Iterator[tuple[str, dict[str, Any]]]:  # the batch's records that made a point
@@ -112,7 +112,7 @@ class PointStage:
             stats["ledger"] = book.cost()
         if found.drop:
             keep = [i for i in range(len(done.lines)) if i not in found.drop]
-            _reindex(done, keep, [done.lines[i] for i in keep])
+            done.keep(keep, [done.lines[i] for i in keep])
             stats["raw_points_dropped"] = len(found.drop)
         if found.shared:
             stats["shared_contributions"] = found.shared
@@ -120,30 +120,13 @@ class PointStage:
             stats["unreadable_points"] = found.unreadable
         routes: dict[tuple[frozenset[str], bool], Route] = {}
         for output in found.outputs:
-            index = len(done.lines)
-            done.lines.append(output.line)
-            done.origins.append(output.origins[0])
-            if len(output.origins) > 1:
-                done.more_origins[index] = output.origins[1:]
             key = (output.families, output.aggregate)
             route = routes.get(key)
             if route is None:
                 route = routes[key] = Route(output.families, output.aggregate)
-            done.routes[index] = route
+            done.add(output.line, output.origins, route)
         if any(output.aggregate for output in found.outputs):
             # A partial batch response could restart a partition inside an aggregate: fail it whole.
             # (Contributions are per record: a partial response cannot split one.)
             done.whole_batch_only = True
         done.result.rules = stats
-
-
-def _reindex(done: Transformed, keep: list[int], new_lines: list[str]) -> None:
-    """Keep the lines at ``keep`` (now ``new_lines``), with their records."""
-    if len(keep) == len(done.lines):  # nothing removed: only the lines may have changed
-        done.lines = new_lines
-        return
-    origins = done.origins
-    more = done.more_origins
-    done.origins = [origins[i] for i in keep]
-    done.more_origins = {j: more[i] for j, i in enumerate(keep) if i in more}
-    done.lines = new_lines

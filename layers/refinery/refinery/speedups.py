@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-transform_run: Callable[..., tuple[int, Any, int]] | None = None
+convert_run: Callable[..., tuple[int, Any, int]] | None = None
 IMPLEMENTATION = "pure Python"
 UNAVAILABLE_REASON: str | None = None
 
@@ -20,7 +20,7 @@ if os.environ.get("REFINERY_PURE_PYTHON", "").strip().lower() in ("1", "true", "
     UNAVAILABLE_REASON = "REFINERY_PURE_PYTHON is set"
 else:
     try:
-        from ._record_fastpath import transform_run  # type: ignore[no-redef]  # noqa: F401
+        from ._record_fastpath import convert_run  # type: ignore[no-redef]  # noqa: F401
 
         IMPLEMENTATION = "compiled"
     except ImportError as exc:  # not built for this interpreter: the reference path does all the work

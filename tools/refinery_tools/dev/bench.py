@@ -61,9 +61,10 @@ import orjson
 import pybase64
 
 from refinery import speedups
+from refinery.batch import BatchPoints
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
 from refinery.metadata.store import MetadataStore, SnapshotSource
-from refinery.pipeline import Transformed, transform_batch
+from refinery.pipeline import convert_batch
 from refinery_tools.dev.environ import patched_environ
 from refinery_tools.dev.fake_cc import Foundation
 from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
@@ -794,15 +795,15 @@ class CoreFigures:
     points: int
 
 
-def _core_runner(work: Workload, store: MetadataStore, fast_path: bool = True) -> Callable[[], Transformed]:
-    def run() -> Transformed:
+def _core_runner(work: Workload, store: MetadataStore, fast_path: bool = True) -> Callable[[], BatchPoints]:
+    def run() -> BatchPoints:
         start_invocation(store)
-        return transform_batch(work.event, store, fast_path=fast_path)
+        return convert_batch(work.event, store, fast_path=fast_path)
 
     return run
 
 
-def check_core(work: Workload, done: Transformed) -> None:
+def check_core(work: Workload, done: BatchPoints) -> None:
     result = done.result
     if result.points != work.expected_points or result.quarantined.total():
         raise RuntimeError(
@@ -836,7 +837,7 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
     ratio = best / floor
     stdlib_ratio = best / (min(times["stdlib"]) / n)
     pure_best = min(times["pure"]) / n
-    if speedups.transform_run is not None:
+    if speedups.convert_run is not None:
         implementation = (
             "The compiled fast path (`refinery/_record_fastpath.pyx`) ran; the pure-Python path,"
             f" timed in the same rounds, costs {_us(pure_best)}/record ({pure_best / floor:.2f}× the"
@@ -852,7 +853,7 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
         target=f"≤ {TARGET_CORE_VS_FLOOR:.2f}×",
         status=_verdict(ratio <= TARGET_CORE_VS_FLOOR),
         how=(
-            f"`transform_batch(event, store)` (after the store's per-invocation reset) on {_count(n)}"
+            f"`convert_batch(event, store)` (after the store's per-invocation reset) on {_count(n)}"
             " records against base64-decoding (`pybase64.b64decode`, strict, the fastest decoder we know"
             " and the one the enricher uses; `binascii` is about 4× slower) and `orjson.loads` of the"
             " same records;"
@@ -917,10 +918,10 @@ def bench_same_time(sizes: Sizes, rows: dict[str, Row]) -> None:
         for kind in ("same", "apart")
     }
 
-    def runner(kind: str) -> Callable[[], Transformed]:
-        def run() -> Transformed:
+    def runner(kind: str) -> Callable[[], BatchPoints]:
+        def run() -> BatchPoints:
             start_invocation(store)
-            return transform_batch(events[kind], store)
+            return convert_batch(events[kind], store)
 
         return run
 
@@ -939,7 +940,7 @@ def bench_same_time(sizes: Sizes, rows: dict[str, Row]) -> None:
         target=f"≤ {TARGET_SAME_TIME:.2f}×",
         status=_verdict(ratio <= TARGET_SAME_TIME),
         how=(
-            f"`transform_batch` on {_count(n)} distinct requests of one app, instance, method and status"
+            f"`convert_batch` on {_count(n)} distinct requests of one app, instance, method and status"
             " all started in the same nanosecond, against the same requests each in its own microsecond;"
             f" best of {sizes.rounds} interleaved rounds, GC off while timed. At one time the"
             f" {_count(n)} points share the 1 000 identity times of that microsecond: all"
@@ -1003,18 +1004,18 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
 
     def off() -> list[bytes]:
         start_invocation(store)
-        return bodies(plain, transform_batch(work.event, store).lines)
+        return bodies(plain, convert_batch(work.event, store).lines)
 
     def on() -> list[bytes]:
         start_invocation(store)
-        lines = transform_batch(work.event, store).lines
+        lines = convert_batch(work.event, store).lines
         out: list[bytes] = []
         for indexes in routed.groups(lines).values():
             out += bodies(plain, list(map(lines.__getitem__, indexes)))  # as RoutedSink.write does
         return out
 
     unrouted, grouped = off(), on()
-    destinations = routed.groups(transform_batch(work.event, store).lines)
+    destinations = routed.groups(convert_batch(work.event, store).lines)
     if sum(gzip.decompress(b).count(b"\n") for b in grouped) != sum(
         gzip.decompress(b).count(b"\n") for b in unrouted
     ):
@@ -1035,7 +1036,7 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
         target=f"≤ {TARGET_ROUTING:.2f}×",
         status=_verdict(ratio <= TARGET_ROUTING),
         how=(
-            f"`transform_batch` on the core batch ({_count(n)} records) and the request bodies of its lines"
+            f"`convert_batch` on the core batch ({_count(n)} records) and the request bodies of its lines"
             " (as the sink posts them: chunks of `INFLUX_BATCH_SIZE` lines, gzip-compressed as by default),"
             " routed by a table of 10 routes (4 org names, 2 space regexes, 2 app GUIDs, an org GUID and"
             " an org label; every fifth org labelled) into"
@@ -1062,7 +1063,7 @@ def print_profile(work: Workload, out: Any = None, top: int = 25) -> None:
     for _ in range(3):
         run()
     profiler.disable()
-    print(f"\ncProfile of transform_batch, 3 × {_count(work.records)} records (by own time):", file=out)
+    print(f"\ncProfile of convert_batch, 3 × {_count(work.records)} records (by own time):", file=out)
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
 
@@ -1210,7 +1211,7 @@ def memory_child(argv: list[str]) -> None:
     if mode == "tracemalloc":
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
-        done = transform_batch(event, store)
+        done = convert_batch(event, store)
         current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         report: dict[str, Any] = {
@@ -1222,7 +1223,7 @@ def memory_child(argv: list[str]) -> None:
         rss_before = _status_kib("VmRSS")
         reset = _reset_peak_rss()
         base = rss_before if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        done = transform_batch(event, store)
+        done = convert_batch(event, store)
         peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         report = {
             "growth": (peak - base) * 1024,
@@ -1258,7 +1259,7 @@ def bench_memory(sizes: Sizes, rows: dict[str, Row]) -> None:
             f" {_mb(sizes.memory_event_bytes)} ({_mb(MAX_EVENT_BYTES)} is the invocation payload limit, so"
             f" the largest batch an event source mapping can deliver): {_mb(payload)}, parsed with"
             " `json.loads` as the runtime does, then one"
-            " `transform_batch` in a fresh interpreter: peak RSS growth during the call"
+            " `convert_batch` in a fresh interpreter: peak RSS growth during the call"
             f" ({rss[0]['method']}), median of 3 processes; tracemalloc's peak of Python allocations"
             f" in a 4th ({_mb(traced['retained'])} of it still held by the result: the lines and"
             " the identity index)."
@@ -1406,7 +1407,7 @@ def _quiet(*loggers: Any) -> Iterator[None]:
 @dataclass
 class EndToEnd:
     per_record: float  # handler seconds per record (median)
-    core_per_record: float  # transform_batch seconds per record in the same rounds (median)
+    core_per_record: float  # convert_batch seconds per record in the same rounds (median)
 
 
 def bench_end_to_end(
@@ -1486,7 +1487,7 @@ def bench_end_to_end(
                 " snapshot from moto S3 already loaded; INFLUX_BATCH_SIZE 5000, so 2 chunks, written at"
                 " once with the default INFLUX_WRITE_CONCURRENCY=2;"
                 f" INFLUX_GZIP={str(gzip_on).lower()}) writing to a real InfluxDB 1.x on loopback, against"
-                " `transform_batch` plus one uncompressed `POST /write` of the same line protocol"
+                " `convert_batch` plus one uncompressed `POST /write` of the same line protocol"
                 f" ({_mb(len(body))}) with requests; medians of {sizes.e2e_rounds} interleaved rounds, GC on;"
                 " the ratio is the median of the rounds' ratios. Every round rewrites the same points (an"
                 " overwrite, as a retried batch does)." + oversize

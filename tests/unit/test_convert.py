@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from refinery.convert import AppTags, Dropped, base64_length, convert, go_seconds, render
 from refinery.envelope import Poison, decode_value, parse_envelope, uuid_to_guid
 from refinery.lineproto import format_float
 from refinery.metadata.snapshot import AppInfo
-from refinery.transform import AppTags, Dropped, base64_length, convert, go_seconds, render
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
 
 TAGS = AppTags.from_info(SAMPLE_APP)
