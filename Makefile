@@ -24,6 +24,7 @@ servers:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 validate: setup
 	$(BIN)/sam validate --region $(AWS_DEFAULT_REGION)

@@ -27,7 +27,6 @@ from refinery.config import (
     PrometheusConfig,
     RefreshConfig,
     default_of,
-    load_config,
     load_enricher_config,
     load_refresh_config,
     parse_bounded_int,
@@ -209,11 +208,7 @@ def test_each_function_has_its_own_typed_configuration() -> None:
         "CF_CLIENT_SECRET": "s",
     }
     assert type(load_refresh_config(env)) is RefreshConfig
-    assert load_config(env, role="refresh") == load_refresh_config(env)
     assert type(load_enricher_config(env)) is EnricherConfig
-    assert load_config(env) == load_enricher_config(env)
-    with pytest.raises(ValueError, match="role"):
-        load_config(env, role="refesh")
     with pytest.raises(ConfigError) as caught:
         load_refresh_config({"METADATA_FILE": __file__})
     assert caught.value.problems == [

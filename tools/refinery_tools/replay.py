@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import gzip
 import json
 import os
@@ -207,8 +208,11 @@ class S3Location:
                 yield StoredObject(
                     f"s3://{self.bucket}/{key}",
                     key[len(self.prefix) :].lstrip("/") or key.rsplit("/", 1)[-1],
-                    lambda key=key: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
+                    functools.partial(self.read_key, key),
                 )
+
+    def read_key(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def delete(self, obj: StoredObject) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=obj.name[len(f"s3://{self.bucket}/") :])
@@ -255,7 +259,7 @@ class LocalLocation:
         for path in files:
             if skip_dir and path.startswith(skip_dir):
                 continue
-            yield StoredObject(path, os.path.relpath(path, base), lambda path=path: _read_file(path))
+            yield StoredObject(path, os.path.relpath(path, base), functools.partial(_read_file, path))
 
     def delete(self, obj: StoredObject) -> None:
         os.remove(obj.name)
@@ -356,7 +360,7 @@ def replay(
 ) -> ReplayReport:
     """Replay every readable object under ``url`` (``s3://…`` or a local path) with the enricher's
     configuration; then keep, delete or move (``move_to``) what was replayed. See the module doc."""
-    from refinery.config import load_config
+    from refinery.config import load_enricher_config
     from refinery.handlers import enricher
     from refinery.pipeline import process_batch
     from refinery.quarantine import Quarantine
@@ -378,7 +382,7 @@ def replay(
         raise ReplayError(
             f"--move-to {move_to!r} is inside {url!r}: the next replay would read the moved objects again"
         )
-    config = load_config()
+    config = load_enricher_config()
     if dry_run:
         from refinery_tools.dryrun import PrintQuarantine
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from binascii import a2b_base64
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -73,6 +73,16 @@ def refusal_reason(message: str) -> str:
     return DESTINATION_UNAVAILABLE if message.startswith(DESTINATION_UNAVAILABLE) else REJECTED
 
 
+class AppLookup(Protocol):
+    """What the decode stage asks of the metadata (:class:`~refinery.metadata.store.MetadataStore`, or a
+    tool's wrapper of it): an app's tags, and why the last lookup that found none could not tell."""
+
+    def lookup(self, guid: str) -> Any: ...
+
+    @property
+    def last_miss(self) -> str | None: ...
+
+
 class _SameTime:
     """The points of a batch that share one timestamp: by line (re-sends) and by series (collisions)."""
 
@@ -94,7 +104,7 @@ class _Placement:
     def collide(self, line: str, timestamp: int, origin: Origin) -> None:
         t = self.t
         same = self.by_time[timestamp]
-        if type(same) is int:
+        if isinstance(same, int):
             same = self.by_time[timestamp] = _SameTime(t.lines[same], same)
         index = same.lines.get(line)
         if index is not None:  # the same point again: a re-send of the same record
@@ -113,7 +123,7 @@ class _Placement:
 
 def convert_batch(
     event: dict[str, Any],
-    store: MetadataStore,
+    store: AppLookup,
     oldest_timestamp_ms: float | None = None,
     *,
     timestamp_digits: int = DEFAULT_DIGITS,
@@ -161,7 +171,7 @@ def convert_batch(
             first_timestamp = first.get("timestamp")
         index, size = 0, len(batch)
         while index < size:
-            outcome = None
+            outcome: Any = None  # the compiled path's, a Point, a Dropped, or the stamped line
             if run is not None:
                 # Compiled: places and counts records until one needs the handling below; its
                 # outcome, if computed, comes back with it (None: take the reference path).
@@ -175,14 +185,15 @@ def convert_batch(
             index += 1
             if type(record) is not dict:
                 record = {"value": record}
-            value = record.get("value")
+            value: Any = record.get("value")
             if oldest_timestamp_ms is not None:
                 stamp_ms = record.get("timestamp")
                 if type(stamp_ms) is int and stamp_ms < oldest_timestamp_ms:
                     bad.append(QuarantinedRecord(key, record, TOO_OLD, "older than MAX_RECORD_AGE_SECONDS"))
                     continue
             if outcome is None:
-                raw = envelope = None
+                raw: Any = None  # the value's bytes, once decoded (the identity's fingerprint)
+                envelope: Any = None
                 try:
                     if len(value) <= MAX_VALUE_CHARS:
                         raw = b64decode(value)

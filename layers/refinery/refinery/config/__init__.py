@@ -19,7 +19,7 @@ references, CA bundles), :mod:`.load` (the loaders).
 
 from __future__ import annotations
 
-from .load import V1_ONLY, V2_ONLY, load_config, load_enricher_config, load_refresh_config
+from .load import V1_ONLY, V2_ONLY, load_enricher_config, load_refresh_config
 from .models import (
     CloudControllerConfig,
     EnricherConfig,
@@ -72,7 +72,6 @@ __all__ = [
     "Setting",
     "default_of",
     "display_value",
-    "load_config",
     "load_enricher_config",
     "load_refresh_config",
     "parse_base_url",

@@ -129,20 +129,6 @@ def load_refresh_config(
     )
 
 
-def load_config(
-    environ: Mapping[str, str] | None = None,
-    resolver: SecretResolver = resolve_secret_reference,
-    role: str = "enricher",
-) -> EnricherConfig | RefreshConfig:
-    """:func:`load_enricher_config` or (``role="refresh"``) :func:`load_refresh_config`: for tools that
-    name the function in a variable."""
-    if role == "refresh":
-        return load_refresh_config(environ, resolver)
-    if role != "enricher":
-        raise ValueError(f"role must be 'enricher' or 'refresh', not {role!r}")
-    return load_enricher_config(environ, resolver)
-
-
 def http_write_settings(
     env: Mapping[str, str],
     values: dict[str, Any],

@@ -163,6 +163,7 @@ def _rule(item: Any, number: int, origin: str, names: set[str], problems: list[s
 
     if len(problems) > before:
         return None
+    assert isinstance(name, str) and isinstance(source, str) and isinstance(aggregation, str)  # checked above
     return Rule(
         name=name,
         source=source,

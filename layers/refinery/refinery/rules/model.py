@@ -14,7 +14,8 @@ earlier batch aggregated (:mod:`refinery.rules.ledger`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field  # Rule has a field named `field`
 
 AGGREGATIONS = ("sum", "count", "min", "max")
 #: What a rule writes to InfluxDB: a point per record (exact under any redelivery) or per batch.
@@ -59,7 +60,7 @@ class Rule:
     keep_raw: bool = True
     output_field: str = ""
     influx_output: str = "records"
-    constant_tags: dict[str, str] = field(default_factory=dict, compare=False)
+    constant_tags: dict[str, str] = dataclass_field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not self.output_field:
@@ -79,7 +80,7 @@ class Rule:
 class RuleSet:
     rules: tuple[Rule, ...]
     origin: str = ""
-    by_source: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False)
+    by_source: dict[str, tuple[Rule, ...]] = dataclass_field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         by_source: dict[str, list[Rule]] = {}

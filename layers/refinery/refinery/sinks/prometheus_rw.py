@@ -180,8 +180,8 @@ class PrometheusRemoteWriteSink(HttpSink):
         request = self._request_class()
         for labels, points in series.items():
             timeseries = request.timeseries.add()
-            for name, value in labels:
-                timeseries.labels.add(name=name, value=value)
+            for name, label_value in labels:
+                timeseries.labels.add(name=name, value=label_value)
             points.sort()
             for ms, value in points:
                 timeseries.samples.add(value=value, timestamp=ms)
