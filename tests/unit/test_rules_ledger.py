@@ -20,7 +20,8 @@ from refinery.pipeline import process_batch
 from refinery.point_stage import PointStage
 from refinery.quarantine import Quarantine
 from refinery.rules.aggregate import REMOTE_WRITE
-from refinery.rules.ledger import AggregateLedger, Intent, LedgerError, PartitionState, StoredAggregate
+from refinery.rules.ledger import AggregateLedger
+from refinery.rules.ledger_state import Intent, LedgerError, PartitionState, StoredAggregate
 from refinery.rules.loader import RuleBook
 from refinery.sinks import Deadline
 from refinery_tools.dev.envelopes import http_envelope
