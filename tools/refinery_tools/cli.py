@@ -13,7 +13,7 @@ from typing import Any
 
 from refinery import __version__
 from refinery.observability import LOCAL_RUN_ENV
-from refinery_tools.clitools import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter
+from refinery_tools.clitools import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HelpFormatter, load_event
 
 DESCRIPTION = (
     "Run the enricher and the metadata refresh locally with a Lambda-like context, list and check the "
@@ -30,16 +30,6 @@ EPILOG = (
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
-
-
-def _load_event(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except OSError as exc:
-        raise SystemExit(f"refinery: cannot read event file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"refinery: event file {path} is not JSON: {exc}") from None
 
 
 def _say_hint(error: BaseException, config: Any) -> None:
@@ -118,7 +108,7 @@ def invoke_refresh(event: Any, *, timeout: float) -> int:
 def cmd_invoke(args: argparse.Namespace) -> int:
     os.environ.setdefault(LOCAL_RUN_ENV, "1")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Refinery")
-    event = _load_event(args.event)
+    event = load_event(args.event)
     if args.function == "enricher":
         return invoke_enricher(event, dry_run=args.dry_run, timeout=args.timeout)
     if args.dry_run:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -92,3 +93,14 @@ class StopSignals:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def load_event(path: str) -> Any:
+    """A Lambda event from a JSON file; exits naming the file when it cannot be read or is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise SystemExit(f"refinery: cannot read event file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"refinery: event file {path} is not JSON: {exc}") from None

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import orjson
 
 from refinery.observability import LOCAL_RUN_ENV
-from refinery_tools.clitools import EXIT_ERROR, EXIT_OK, HelpFormatter, StopSignals
+from refinery_tools.clitools import EXIT_ERROR, EXIT_OK, HelpFormatter, StopSignals, load_event
 
 OUTCOMES = ("written", "dropped", "quarantined")
 #: Store counters -> the tier shown; the first that moved for a record wins.
@@ -415,9 +415,8 @@ def run_tap(args: argparse.Namespace, out: TextIO | None = None) -> int:
             stack.enter_context(contextlib.redirect_stdout(quiet))
             if args.event is not None:
                 from refinery.kafka_event import describe
-                from refinery_tools.cli import _load_event
 
-                event = _load_event(args.event)
+                event = load_event(args.event)
                 try:
                     describe(event)
                 except ValueError as exc:
