@@ -329,18 +329,7 @@ def to_events(records: list[dict[str, Any]], size: int = REPLAY_BATCH) -> Iterat
         grouped: dict[str, list[dict[str, Any]]] = {}
         for record in records[start : start + size]:
             key = record.get("partition_key") or f"{record.get('topic')}-{record.get('partition')}"
-            grouped.setdefault(key, []).append(
-                {
-                    "topic": record.get("topic"),
-                    "partition": record.get("partition"),
-                    "offset": record.get("offset"),
-                    "timestamp": record.get("timestamp"),
-                    "timestampType": record.get("timestamp_type") or record.get("timestampType"),
-                    "key": record.get("key"),
-                    "value": record.get("value"),
-                    "headers": [],
-                }
-            )
+            grouped.setdefault(key, []).append(_kafka_record(record))
         yield {"eventSource": "aws:kafka", "records": grouped}
 
 
