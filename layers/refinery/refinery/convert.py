@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .envelope import (
@@ -42,8 +41,8 @@ from .envelope import (
     go_view,
     uuid_to_guid,
 )
-from .lineproto import escape_tag, format_float, tag_pair
-from .metadata.snapshot import AppInfo
+from .lineproto import escape_tag, format_float
+from .metadata.tags import AppTags
 
 METHOD_NAMES = {number: name for number, name in enumerate(METHODS, start=1)}
 MESSAGE_TYPES = {1: "OUT", 2: "ERR"}
@@ -65,25 +64,6 @@ DROP_LOG_SOURCE = Dropped("log_source_not_app_or_rtr")
 DROP_NO_APP_ID = Dropped("no_app_id")
 DROP_UNKNOWN_APP = Dropped("unknown_app")
 _TYPE_DROPS = {VALUE_METRIC: DROP_VALUE_METRIC, COUNTER_EVENT: DROP_COUNTER_EVENT, ERROR: DROP_ERROR_EVENT}
-
-
-@dataclass(frozen=True, slots=True)
-class AppTags:
-    """The enrichment tags of one app, escaped once: ``head`` sorts before ``instance``, ``tail`` after."""
-
-    head: str
-    tail: str
-
-    @classmethod
-    def from_info(cls, info: AppInfo) -> AppTags:
-        head = tag_pair("app", info.name) + tag_pair("app_guid", info.guid)
-        tail = (
-            tag_pair("org", info.org_name)
-            + tag_pair("org_guid", info.org_guid)
-            + tag_pair("space", info.space_name)
-            + tag_pair("space_guid", info.space_guid)
-        )
-        return cls(head, tail)
 
 
 Lookup = Callable[[str], "AppTags | None"]

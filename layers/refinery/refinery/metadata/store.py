@@ -30,10 +30,10 @@ from cachetools import TTLCache
 
 from ..awsclient import error_code, is_aws_failure
 from ..config import default_of
-from ..convert import AppTags
 from ..s3 import LazyS3Client, ObjectTooLarge, S3Timeout, time_limit
 from ..tracing import traced
 from .snapshot import CHECKED_AT_TAG, AppInfo, Snapshot, SnapshotError, decode_snapshot
+from .tags import AppTags
 
 log = logging.getLogger(__name__)
 
