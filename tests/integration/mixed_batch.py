@@ -2,7 +2,7 @@
 
 A small foundation served by the fake Cloud Controller, a snapshot in S3 that lacks its two newest
 apps (live lookups), an app nobody knows (dropped ``unknown_app``), Zipf-like traffic of every kind
-from :class:`~refinery_tools.dev.bench.TrafficGenerator` (HTTP, app and router logs, container
+from :class:`~refinery_tools.dev.workload.TrafficGenerator` (HTTP, app and router logs, container
 metrics, value metrics and counter events, which are dropped) and two malformed records
 (quarantined). One app has a name that needs escaping everywhere (line protocol, InfluxQL regex):
 ``shop (v2).api/x``; it also gets explicit 5xx responses, error logs and two instances' container
@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
-from refinery_tools.dev.bench import TrafficGenerator, nozzle_json
 from refinery_tools.dev.fake_cc import Foundation
+from refinery_tools.dev.workload import TrafficGenerator, nozzle_json
 from refinery_tools.events import build_kafka_event
 
 SPECIAL_NAME = "shop (v2).api/x"

@@ -130,9 +130,9 @@ def test_the_runtime_build_gives_the_pure_python_lines_under_python_312(
     dependencies = ROOT / ".aws-sam/build/DependenciesLayer/python"
     if not (dependencies / "orjson").is_dir():
         unavailable(f"the dependencies built for Python 3.12 are not in {dependencies} (run `make build`)")
-    from refinery_tools.dev import bench
+    from refinery_tools.dev import workload
 
-    work = bench.build_workload(3000, 300, 100)
+    work = workload.build_workload(3000, 300, 100)
     files = python_dir.parent / "workload"
     files.mkdir(exist_ok=True)
     (files / "event.json").write_text(json.dumps(work.event))

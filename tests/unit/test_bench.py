@@ -17,7 +17,7 @@ import pytest
 
 from refinery.envelope import decode_value, uuid_to_guid
 from refinery.pipeline import convert_batch
-from refinery_tools.dev import bench
+from refinery_tools.dev import bench, workload
 from refinery_tools.dev.samples import sample_envelopes
 
 ROW = re.compile(
@@ -112,7 +112,7 @@ def test_the_exit_code_says_whether_every_target_was_met(
 
 def test_nozzle_json_reproduces_the_bundled_samples_byte_for_byte() -> None:
     for line in sample_envelopes():
-        assert bench.nozzle_json(orjson.loads(line)) == line
+        assert workload.nozzle_json(orjson.loads(line)) == line
 
 
 @pytest.mark.parametrize(
@@ -130,14 +130,14 @@ def test_nozzle_json_reproduces_the_bundled_samples_byte_for_byte() -> None:
     ],
 )
 def test_go_float_is_gos_shortest_g_format(value: float, text: str) -> None:
-    assert bench.go_float(value) == text
+    assert workload.go_float(value) == text
 
 
 def test_synthetic_batch_is_processed_completely() -> None:
-    work = bench.build_workload(300, 200, 50, seed=3)
+    work = workload.build_workload(300, 200, 50, seed=3)
     assert work.records == 300 and sum(work.kinds.values()) == 300
-    store = bench.new_store(work.snapshot)
-    bench.start_invocation(store)
+    store = workload.new_store(work.snapshot)
+    workload.start_invocation(store)
     done = convert_batch(work.event, store)
     assert done.result.points == work.expected_points
     assert not done.quarantine and set(done.result.dropped) <= {"value_metric", "counter_event"}
@@ -145,7 +145,7 @@ def test_synthetic_batch_is_processed_completely() -> None:
     for batch in work.event["records"].values():
         for record in batch:
             envelope = decode_value(record["value"])
-            assert base64.b64decode(record["value"]) == bench.nozzle_json(envelope)
+            assert base64.b64decode(record["value"]) == workload.nozzle_json(envelope)
             body = envelope.get("httpStartStop")
             if body:
                 assert uuid_to_guid(body["applicationId"]) in work.apps

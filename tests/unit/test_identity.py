@@ -28,7 +28,7 @@ from refinery.identity import (
     stamp_line,
 )
 from refinery.pipeline import convert_batch
-from refinery_tools.dev import bench
+from refinery_tools.dev import workload
 from refinery_tools.dev.samples import sample_envelopes
 from refinery_tools.events import build_kafka_event
 
@@ -111,8 +111,8 @@ def test_any_cut_of_the_batch_gives_each_record_its_own_point(data: st.DataObjec
     work = WORK
     values = data.draw(st.lists(st.sampled_from(work.envelopes), min_size=1, max_size=60))
     partitions = data.draw(st.integers(1, 4))
-    store = bench.new_store(work.snapshot)
-    bench.start_invocation(store)
+    store = workload.new_store(work.snapshot)
+    workload.start_invocation(store)
     alone = {v: convert_batch(build_kafka_event([v], partitions=1), store).lines for v in set(values)}
     expected = {line for v in values for line in alone[v]}
     order = data.draw(st.permutations(values))
@@ -125,7 +125,7 @@ def test_any_cut_of_the_batch_gives_each_record_its_own_point(data: st.DataObjec
 
 
 # Synthetic traffic of the benchmark (four active apps of twenty).
-WORK = bench.build_workload(400, 20, 4, seed=2)
+WORK = workload.build_workload(400, 20, 4, seed=2)
 
 
 def test_the_compiled_and_pure_paths_agree_on_identity_times() -> None:
@@ -134,8 +134,8 @@ def test_the_compiled_and_pure_paths_agree_on_identity_times() -> None:
     results = []
     for fast_path in (True, False):
         for digits in (0, 3, 6):
-            store = bench.new_store(WORK.snapshot)
-            bench.start_invocation(store)
+            store = workload.new_store(WORK.snapshot)
+            workload.start_invocation(store)
             results.append(convert_batch(event, store, timestamp_digits=digits, fast_path=fast_path).lines)
     assert results[:3] == results[3:]
     assert len({tuple(r) for r in results[:3]}) == 3  # the digits matter

@@ -52,7 +52,7 @@ from refinery.envelope import (
 )
 from refinery.identity import stamp_line
 from refinery.metadata.snapshot import AppInfo
-from refinery_tools.dev import bench
+from refinery_tools.dev import workload
 from refinery_tools.dev.envelopes import container_envelope, guid_to_uuid, http_envelope
 from refinery_tools.dev.samples import SAMPLE_APP, sample_envelopes
 from refinery_tools.events import build_kafka_event
@@ -221,7 +221,7 @@ def to_json(value: Any, style: Style = COMPACT) -> bytes:
 
 def _scalar(value: Any, style: Style) -> bytes:
     if type(value) is float and style.go_floats:
-        return bench.go_float(value).encode()
+        return workload.go_float(value).encode()
     return json.dumps(value, ensure_ascii=style.ascii).encode("utf-8", "surrogatepass")
 
 
@@ -340,9 +340,9 @@ def test_samples_restyled_are_still_answered(fast: Convert) -> None:
 
 
 def test_bench_workload_every_record_matches_and_99_percent_are_answered(fast: Convert) -> None:
-    work = bench.build_workload(2000, 300, 100)
-    store = bench.new_store(work.snapshot)
-    bench.start_invocation(store)
+    work = workload.build_workload(2000, 300, 100)
+    store = workload.new_store(work.snapshot)
+    workload.start_invocation(store)
     answered = total = 0
     kinds: Counter[str] = Counter()
     for batch in work.event["records"].values():
@@ -926,7 +926,7 @@ def test_lookup_is_called_at_most_once_and_never_when_declined(fast: Convert) ->
         corpus.append(b64(raw))
         corpus += [b64(raw[:n]) for n in range(0, len(raw), 7)]
         corpus += [b64(raw.replace(b"1", b"x", 1)), b64(raw.replace(b"}", b",}", 1))]
-    work = bench.build_workload(300, 50, 20, seed=3)
+    work = workload.build_workload(300, 50, 20, seed=3)
     corpus += [record["value"] for batch in work.event["records"].values() for record in batch]
     answered = declined = 0
     for value in corpus:
@@ -997,7 +997,7 @@ def test_container_ratios_and_cpu_format_like_the_reference(fast: Convert) -> No
         scaled = rnd.random() * 10 ** rnd.randrange(-10, 20)
         cpu = rnd.choice([scaled, rnd.uniform(-1, 1e3), rnd.choice(CPU_EDGES), rnd.random()])
         if i % 2:  # the float as the nozzle (Go) writes it: 1 for 1.0, 1e-07 ...
-            fields = (i, SAMPLE_APP.guid, bench.go_float(cpu), memory, disk, memory_quota, disk_quota)
+            fields = (i, SAMPLE_APP.guid, workload.go_float(cpu), memory, disk, memory_quota, disk_quota)
             value = b64((CONTAINER_TEMPLATE % fields).encode())
         else:
             sizes = {"memory": memory, "disk": disk, "memory_quota": memory_quota, "disk_quota": disk_quota}
@@ -1011,7 +1011,7 @@ def test_container_ratios_and_cpu_format_like_the_reference(fast: Convert) -> No
 
 def batch_event() -> tuple[dict[str, Any], bytes]:
     """Benchmark traffic, the samples, duplicates, mutated and poison records, in one event."""
-    work = bench.build_workload(1000, 200, 80, seed=5)
+    work = workload.build_workload(1000, 200, 80, seed=5)
     extra: list[bytes] = list(SAMPLES) + list(work.envelopes[:20])  # identical records: duplicate points
     extra += [raw[: len(raw) // 2] for raw in SAMPLES] + [raw.replace(b"}", b",}", 1) for raw in SAMPLES]
     extra += [raw.replace(b"1", b"1.5", 1) for raw in SAMPLES]
@@ -1048,8 +1048,8 @@ def test_transform_batch_is_the_same_with_and_without_the_fast_path(monkeypatch:
         answers.clear()
         results = []
         for fast_path in (True, False):
-            store = bench.new_store(snapshot)
-            bench.start_invocation(store)
+            store = workload.new_store(snapshot)
+            workload.start_invocation(store)
             results.append(pipeline.convert_batch(event, store, oldest, fast_path=fast_path))
         compiled, pure = results
         records_in = compiled.result.records_in

@@ -39,7 +39,6 @@ import gzip
 import io
 import json
 import logging
-import math
 import os
 import platform
 import pstats
@@ -50,10 +49,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +60,32 @@ import pybase64
 from refinery import speedups
 from refinery.batch import BatchPoints
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
-from refinery.metadata.store import MetadataStore, SnapshotSource
+from refinery.metadata.store import MetadataStore
 from refinery.pipeline import convert_batch
 from refinery_tools.dev.environ import patched_environ
-from refinery_tools.dev.fake_cc import Foundation
 from refinery_tools.dev.samples import sample_envelopes, sample_snapshot
+from refinery_tools.dev.workload import (
+    CC_SECRET,
+    MIB,
+    SNAPSHOT_SOURCE,
+    SNAPSHOT_TIME,
+    BytesSnapshotSource,
+    Workload,
+    build_workload,
+    fake_cloud_controller,
+    foundation_for,
+    max_size_event,
+    mib,
+    new_store,
+    nozzle_json,
+    num,
+    snapshot_of,
+    start_invocation,
+)
 from refinery_tools.events import build_kafka_event
 
 # ------------------------------------------------------------------------------------------ settings
 
-MIB = 1024 * 1024
 #: The largest batch an event source mapping hands to a function (the invocation payload limit).
 MAX_EVENT_BYTES = 6 * MIB
 #: AWS Lambda, x86, us-east-1: price per GB-second and per request.
@@ -101,11 +114,8 @@ TARGET_REFRESH_S = 10.0
 TARGET_SNAPSHOT_LOAD_S = 0.250
 TARGET_LOOKUP_FLAT = 1.5
 
-SNAPSHOT_SOURCE = "https://api.sys.example.com"
-SNAPSHOT_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SNAPSHOT_KEY = "metadata/apps.json.gz"
 REFRESH_KEY = "bench/large-foundation/apps.json.gz"
-CC_SECRET = "bench-secret"
 
 
 @dataclass(frozen=True)
@@ -241,394 +251,8 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if seconds >= 0.1 else f"{seconds * 1e3:.1f} ms"
 
 
-def _mb(size: float) -> str:
-    return f"{size / MIB:.2f} MiB"
-
-
-def _count(n: int) -> str:
-    return f"{n:,}".replace(",", " ")
-
-
 def _progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------ nozzle wire format (JSON)
-
-
-def go_float(value: float) -> str:
-    """Go's ``strconv.FormatFloat(v, 'g', -1, 64)``, as easyjson writes a float64."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "-0" if math.copysign(1.0, value) < 0 else "0"
-    sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    digits = "".join(map(str, digit_tuple))
-    point = len(digits) + exponent  # value = 0.<digits> × 10^point
-    minus = "-" if sign else ""
-    power = point - 1
-    if power < -4 or power >= 6:  # shortest formatting: %e when the exponent is < -4 or >= 6
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{minus}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
-    if point <= 0:
-        return f"{minus}0.{'0' * -point}{digits}"
-    if point >= len(digits):
-        return f"{minus}{digits}{'0' * (point - len(digits))}"
-    return f"{minus}{digits[:point]}.{digits[point:]}"
-
-
-def _go_floats(value: Any) -> Any:
-    if type(value) is float:
-        return orjson.Fragment(go_float(value))
-    if type(value) is dict:
-        return {k: _go_floats(v) for k, v in value.items()}
-    if type(value) is list:
-        return [_go_floats(v) for v in value]
-    return value
-
-
-def nozzle_json(document: Mapping[str, Any]) -> bytes:
-    """Serialise like kafka-firehose-nozzle (easyjson): compact, keys in the given order, floats as
-    Go writes them, ``<`` ``>`` ``&`` U+2028 U+2029 escaped as ``\\uXXXX``."""
-    raw = orjson.dumps(_go_floats(document))
-    for char in ("&", "<", ">", "\u2028", "\u2029"):
-        if char.encode() in raw:
-            raw = raw.replace(char.encode(), f"\\u{ord(char):04x}".encode())
-    return raw
-
-
-def guid_to_uuid(guid: str) -> dict[str, int]:
-    """``8-4-4-4-12`` GUID -> sonde-go ``{"low": u64, "high": u64}`` (the inverse of uuid_to_guid)."""
-    raw = bytes.fromhex(guid.replace("-", ""))
-    return {"low": int.from_bytes(raw[:8], "little"), "high": int.from_bytes(raw[8:], "little")}
-
-
-# ----------------------------------------------------------------------------- synthetic foundation
-
-
-def foundation_for(apps: int, seed: int) -> Foundation:
-    """A foundation of about ``apps`` apps: 10 spaces per org, 10 apps per space."""
-    return Foundation.generate(orgs=max(1, -(-apps // 100)), spaces_per_org=10, apps_per_space=10, seed=seed)
-
-
-def snapshot_of(apps: Mapping[str, AppInfo]) -> bytes:
-    return encode_snapshot(apps, SNAPSHOT_SOURCE, SNAPSHOT_TIME)
-
-
-class BytesSnapshotSource(SnapshotSource):
-    """A snapshot held in memory (no I/O): the bytes once, then "unchanged"."""
-
-    description = "memory"
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def fetch(self, etag: str | None) -> tuple[bytes | None, str | None]:
-        return (None, etag) if etag == "bench" else (self.data, "bench")
-
-
-def new_store(snapshot: bytes) -> MetadataStore:
-    return MetadataStore(BytesSnapshotSource(snapshot))
-
-
-def start_invocation(store: MetadataStore) -> None:
-    """What the pipeline does on the store before each batch (check the snapshot, reset the memo)."""
-    begin = getattr(store, "begin_invocation", None)
-    if begin is not None:
-        begin()
-    else:
-        store.refresh_if_due()
-
-
-# -------------------------------------------------------------------------------- synthetic traffic
-
-_MIX = (
-    ("http", 0.45),
-    ("app_log", 0.30),
-    ("rtr_log", 0.10),
-    ("container", 0.10),
-    ("value_metric", 0.03),
-    ("counter_event", 0.02),
-)
-_WORDS = (
-    "order user cache request session payment invoice account token retry query worker queue event stock"
-    " price cart item pool client timeout listed saved loaded updated completed started connection batch"
-    " message consumer producer scheduler report customer shipment"
-).split()
-_LEVELS = ("INFO",) * 8 + ("WARN", "ERROR", "DEBUG")
-_PATHS = (
-    "/api/orders?page={n}&size=20",
-    "/api/users/{n}",
-    "/health",
-    "/api/cart/{n}/items",
-    "/static/js/app.{n}.js",
-    "/v1/search?q=item{n}&limit=50&offset={n}",
-    "/api/v2/products/{n}/reviews?sort=recent",
-    "/login",
-)
-_AGENTS = (
-    "curl/7.58.0",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
-    " Chrome/69.0.3497.100 Safari/537.36",
-    "okhttp/3.11.0",
-    "Go-http-client/1.1",
-    "python-requests/2.19.1",
-    "Apache-HttpClient/4.5.6 (Java/1.8.0_181)",
-)
-_METHODS = ((1, 70), (2, 18), (3, 6), (4, 3), (26, 2), (5, 1))  # GET POST PUT DELETE PATCH HEAD
-_STATUSES = (
-    (200, 80),
-    (201, 4),
-    (204, 3),
-    (302, 2),
-    (304, 3),
-    (400, 2),
-    (401, 1),
-    (404, 3),
-    (500, 1),
-    (503, 1),
-)
-_VALUE_METRICS = (
-    ("memoryStats.numBytesAllocatedHeap", "count"),
-    ("numGoRoutines", "count"),
-    ("latency", "ms"),
-    ("route_lookup_time", "ns"),
-)
-_QUOTAS = (256 * MIB, 512 * MIB, 1024 * MIB, 2048 * MIB)
-_BASE_NS = 1_537_510_364_000_000_000
-
-
-class TrafficGenerator:
-    """Nozzle-format envelopes for a set of apps, with Zipf-like traffic (few apps dominate)."""
-
-    def __init__(self, apps: Sequence[AppInfo], seed: int = 1):
-        self.rng = random.Random(seed)
-        self.apps = list(apps)
-        self.weights = [1.0 / (rank + 1) ** 0.9 for rank in range(len(self.apps))]
-        self.uuids = {a.guid: guid_to_uuid(a.guid) for a in self.apps}
-        self.instances = {a.guid: 1 + self.rng.randrange(4) for a in self.apps}
-        rng = self.rng
-        self.routers = [
-            (str(uuid.UUID(int=rng.getrandbits(128), version=4)), f"10.0.1.{20 + i}") for i in range(4)
-        ]
-        self.cells = [
-            (str(uuid.UUID(int=rng.getrandbits(128), version=4)), f"10.0.2.{10 + i}") for i in range(12)
-        ]
-        self.methods, self.method_weights = zip(*_METHODS, strict=True)
-        self.statuses, self.status_weights = zip(*_STATUSES, strict=True)
-
-    def kinds(self, count: int) -> list[str]:
-        kinds: list[str] = []
-        for name, share in _MIX:
-            kinds.extend([name] * round(count * share))
-        while len(kinds) < count:
-            kinds.append("http")
-        del kinds[count:]
-        self.rng.shuffle(kinds)
-        return kinds
-
-    def envelopes(self, count: int) -> tuple[list[bytes], Counter[str]]:
-        kinds = self.kinds(count)
-        senders = self.rng.choices(self.apps, weights=self.weights, k=count)
-        out = []
-        for i, (kind, app) in enumerate(zip(kinds, senders, strict=True)):
-            when = _BASE_NS + i * 97_000 + self.rng.randrange(50_000)
-            out.append(nozzle_json(getattr(self, kind)(app, when)))
-        return out, Counter(kinds)
-
-    # -- one envelope of each kind (key order as the nozzle writes them) -----------------------------
-
-    def _header(
-        self, origin: str, event_type: int, when: int, source: tuple[str, str], job: str
-    ) -> dict[str, Any]:
-        return {
-            "origin": origin,
-            "eventType": event_type,
-            "timestamp": when + self.rng.randrange(100_000, 2_000_000),
-            "deployment": "cf",
-            "job": job,
-            "index": source[0],
-            "ip": source[1],
-        }
-
-    def _instance(self, app: AppInfo) -> int:
-        return self.rng.randrange(self.instances[app.guid])
-
-    def http(self, app: AppInfo, when: int) -> dict[str, Any]:
-        rng = self.rng
-        duration = int(rng.lognormvariate(math.log(15e6), 1.0))
-        status = rng.choices(self.statuses, self.status_weights)[0]
-        index = self._instance(app)
-        envelope = self._header("gorouter", 4, when + duration, rng.choice(self.routers), "router")
-        envelope["httpStartStop"] = {
-            "startTimestamp": when,
-            "stopTimestamp": when + duration,
-            "requestId": {"low": rng.getrandbits(64), "high": rng.getrandbits(64)},
-            "peerType": 1,
-            "method": rng.choices(self.methods, self.method_weights)[0],
-            "uri": f"http://{app.name}.apps.example.com" + rng.choice(_PATHS).format(n=rng.randrange(1000)),
-            "remoteAddress": f"10.0.4.{rng.randrange(256)}:{rng.randrange(1024, 65536)}",
-            "userAgent": rng.choice(_AGENTS),
-            "statusCode": status,
-            "contentLength": 0 if status in (204, 304) else int(rng.lognormvariate(7.5, 1.2)),
-            "applicationId": self.uuids[app.guid],
-            "instanceIndex": index,
-            "instanceId": f"{app.guid[:8]}-{index:04x}-4e7a-7c44-{app.guid[-4:]}",
-            "forwarded": [f"203.0.113.{rng.randrange(256)}", "10.0.2.5"],
-        }
-        return envelope
-
-    def _app_text(self, when: int) -> str:
-        rng = self.rng
-        length = int(rng.triangular(60, 400, 140))
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when // 1_000_000_000))
-        text = (
-            f"{stamp}.{when // 1_000_000 % 1000:03d} {rng.choice(_LEVELS)} {rng.randrange(1, 99)} --- "
-            f"[nio-8080-exec-{rng.randrange(1, 20)}] c.e.{rng.choice(_WORDS).title()}Controller : "
-        )
-        while len(text) < length:
-            text += rng.choice(_WORDS) + " "
-        return text[: length - 1] + "\n"
-
-    def app_log(self, app: AppInfo, when: int) -> dict[str, Any]:
-        envelope = self._header("rep", 5, when, self.rng.choice(self.cells), "diego_cell")
-        envelope["tags"] = {"source_id": app.guid}
-        envelope["logMessage"] = {
-            "message": base64.b64encode(self._app_text(when).encode()).decode(),
-            "message_type": 2 if self.rng.random() < 0.1 else 1,
-            "timestamp": when,
-            "app_id": app.guid,
-            "source_type": "APP/PROC/WEB",
-            "source_instance": str(self._instance(app)),
-        }
-        return envelope
-
-    def rtr_log(self, app: AppInfo, when: int) -> dict[str, Any]:
-        rng = self.rng
-        moment = dt.datetime.fromtimestamp(when / 1e9, dt.UTC).isoformat(timespec="milliseconds")
-        text = (
-            f"{app.name}.apps.example.com - [{moment}]"
-            f' "GET {rng.choice(_PATHS).format(n=rng.randrange(1000))}'
-            f' HTTP/1.1" 200 0 {rng.randrange(100, 99999)} "-" "{rng.choice(_AGENTS[:3])}"'
-            f' "10.0.4.{rng.randrange(256)}:{rng.randrange(1024, 65536)}" "10.0.2.{rng.randrange(256)}:61002"'
-            f' x_forwarded_for:"203.0.113.{rng.randrange(256)}" x_forwarded_proto:"https"'
-            f' vcap_request_id:"{uuid.UUID(int=rng.getrandbits(128), version=4)}"'
-            f' response_time:{rng.random():.9f} app_id:"{app.guid}" app_index:"{self._instance(app)}"'
-        )[:399] + "\n"
-        envelope = self._header("gorouter", 5, when, rng.choice(self.routers), "router")
-        envelope["logMessage"] = {
-            "message": base64.b64encode(text.encode()).decode(),
-            "message_type": 1,
-            "timestamp": when,
-            "app_id": app.guid,
-            "source_type": "RTR",
-            "source_instance": str(rng.randrange(4)),
-        }
-        return envelope
-
-    def container(self, app: AppInfo, when: int) -> dict[str, Any]:
-        rng = self.rng
-        memory_quota = rng.choice(_QUOTAS)
-        disk_quota = 1024 * MIB * rng.choice((1, 2, 4))
-        envelope = self._header("rep", 9, when, rng.choice(self.cells), "diego_cell")
-        envelope["timestamp"] = when
-        envelope["containerMetric"] = {
-            "applicationId": app.guid,
-            "instanceIndex": self._instance(app),
-            "cpuPercentage": 0.0 if rng.random() < 0.05 else rng.lognormvariate(0.0, 1.3),
-            "memoryBytes": rng.randrange(memory_quota // 8, memory_quota),
-            "diskBytes": rng.randrange(disk_quota // 16, disk_quota // 2),
-            "memoryBytesQuota": memory_quota,
-            "diskBytesQuota": disk_quota,
-        }
-        return envelope
-
-    def value_metric(self, app: AppInfo, when: int) -> dict[str, Any]:
-        name, unit = self.rng.choice(_VALUE_METRICS)
-        envelope = self._header("gorouter", 6, when, self.rng.choice(self.routers), "router")
-        envelope["valueMetric"] = {
-            "name": name,
-            "value": float(self.rng.randrange(1, 50_000_000)),
-            "unit": unit,
-        }
-        return envelope
-
-    def counter_event(self, app: AppInfo, when: int) -> dict[str, Any]:
-        envelope = self._header("gorouter", 7, when, self.rng.choice(self.routers), "router")
-        delta = self.rng.randrange(1, 100)
-        envelope["counterEvent"] = {
-            "name": "total_requests",
-            "delta": delta,
-            "total": 1_000_000 + when % 10**6,
-        }
-        return envelope
-
-
-@dataclass
-class Workload:
-    """One synthetic batch: the apps, their snapshot, the envelopes and the Lambda event."""
-
-    apps: dict[str, AppInfo]
-    active: list[AppInfo]
-    snapshot: bytes
-    envelopes: list[bytes]
-    kinds: Counter[str]
-    event: dict[str, Any]
-    event_bytes: int
-
-    @property
-    def records(self) -> int:
-        return len(self.envelopes)
-
-    @property
-    def value_bytes(self) -> int:
-        return sum(map(len, self.envelopes))
-
-    @property
-    def expected_points(self) -> int:
-        return self.records - self.kinds["value_metric"] - self.kinds["counter_event"]
-
-    def describe(self) -> str:
-        mix = ", ".join(f"{self.kinds[name]} {name}" for name, _ in _MIX)
-        return (
-            f"{_count(self.records)} records ({mix})"
-            f" from {len(self.active)} of {_count(len(self.apps))} apps;"
-            f" envelopes {_mb(self.value_bytes)} (mean {self.value_bytes / self.records:.0f} B),"
-            f" Lambda event {_mb(self.event_bytes)}"
-        )
-
-
-def event_size(event: Mapping[str, Any]) -> int:
-    return len(json.dumps(event, separators=(",", ":")))
-
-
-def build_workload(records: int, snapshot_apps: int, active_apps: int, seed: int = 1) -> Workload:
-    apps = foundation_for(snapshot_apps, seed=seed).app_infos()
-    chooser = random.Random(seed)
-    active = chooser.sample(sorted(apps.values(), key=lambda a: a.guid), min(active_apps, len(apps)))
-    envelopes, kinds = TrafficGenerator(active, seed=seed).envelopes(records)
-    event = build_kafka_event(envelopes, partitions=4)
-    return Workload(apps, active, snapshot_of(apps), envelopes, kinds, event, event_size(event))
-
-
-def max_size_event(budget: int, seed: int = 2) -> tuple[dict[str, Any], int, int]:
-    """The largest batch of the same traffic whose Lambda event is at most ``budget`` bytes:
-    (event, its size, records)."""
-    apps = foundation_for(1_000, seed=seed).app_infos()
-    active = random.Random(seed).sample(sorted(apps.values(), key=lambda a: a.guid), 400)
-    envelopes, _ = TrafficGenerator(active, seed=seed).envelopes(max(100, budget // 600))
-    sizes = [event_size(build_kafka_event([v], partitions=1)) for v in envelopes[:200]]
-    count = int(len(envelopes) * 0.9)
-    while True:
-        event = build_kafka_event(envelopes[:count], partitions=4)
-        size = event_size(event)
-        if size <= budget:
-            break
-        count -= max(1, int((size - budget) / statistics.mean(sizes)))
-    return event, size, count
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -822,7 +446,7 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
         raise RuntimeError("the compiled fast path and the pure-Python path wrote different lines")
     n = work.records
 
-    _progress(f"core vs decode floor: {sizes.rounds} interleaved rounds of {_count(n)} records")
+    _progress(f"core vs decode floor: {sizes.rounds} interleaved rounds of {num(n)} records")
     times = interleaved(
         {
             "ours": ours,
@@ -853,7 +477,7 @@ def bench_core(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> CoreFigure
         target=f"≤ {TARGET_CORE_VS_FLOOR:.2f}×",
         status=_verdict(ratio <= TARGET_CORE_VS_FLOOR),
         how=(
-            f"`convert_batch(event, store)` (after the store's per-invocation reset) on {_count(n)}"
+            f"`convert_batch(event, store)` (after the store's per-invocation reset) on {num(n)}"
             " records against base64-decoding (`pybase64.b64decode`, strict, the fastest decoder we know"
             " and the one the enricher uses; `binascii` is about 4× slower) and `orjson.loads` of the"
             " same records;"
@@ -928,7 +552,7 @@ def bench_same_time(sizes: Sizes, rows: dict[str, Row]) -> None:
     same, apart = runner("same")(), runner("apart")()
     if apart.result.points != n or same.result.written != n:
         raise RuntimeError(f"same-time workload: {same.result.summary()} / {apart.result.summary()}")
-    _progress(f"one series at one timestamp: {sizes.rounds} interleaved rounds of {_count(n)} records")
+    _progress(f"one series at one timestamp: {sizes.rounds} interleaved rounds of {num(n)} records")
     times = interleaved({"same": runner("same"), "apart": runner("apart")}, sizes.rounds, gc_off=True)
     ours, baseline = min(times["same"]) / n, min(times["apart"]) / n
     ratio = ours / baseline
@@ -940,10 +564,10 @@ def bench_same_time(sizes: Sizes, rows: dict[str, Row]) -> None:
         target=f"≤ {TARGET_SAME_TIME:.2f}×",
         status=_verdict(ratio <= TARGET_SAME_TIME),
         how=(
-            f"`convert_batch` on {_count(n)} distinct requests of one app, instance, method and status"
+            f"`convert_batch` on {num(n)} distinct requests of one app, instance, method and status"
             " all started in the same nanosecond, against the same requests each in its own microsecond;"
             f" best of {sizes.rounds} interleaved rounds, GC off while timed. At one time the"
-            f" {_count(n)} points share the 1 000 identity times of that microsecond: all"
+            f" {num(n)} points share the 1 000 identity times of that microsecond: all"
             f" {same.result.points} lines are written, {same.result.identity_collisions} of them counted as"
             " `identity_collisions` (InfluxDB keeps one point per time); the row is the cost of comparing"
             " points that share a time, which the +1 ns collision chain made quadratic."
@@ -1022,7 +646,7 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
         raise RuntimeError("routing lost or added lines")
     if len(destinations) < 5:
         raise RuntimeError(f"the routing workload reached only {len(destinations)} destination(s)")
-    _progress(f"tenant routing: {sizes.rounds} interleaved rounds of {_count(n)} records")
+    _progress(f"tenant routing: {sizes.rounds} interleaved rounds of {num(n)} records")
     times = interleaved({"on": on, "off": off}, sizes.rounds, gc_off=True)
     ours, baseline = min(times["on"]) / n, min(times["off"]) / n
     ratio = ours / baseline
@@ -1036,7 +660,7 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
         target=f"≤ {TARGET_ROUTING:.2f}×",
         status=_verdict(ratio <= TARGET_ROUTING),
         how=(
-            f"`convert_batch` on the core batch ({_count(n)} records) and the request bodies of its lines"
+            f"`convert_batch` on the core batch ({num(n)} records) and the request bodies of its lines"
             " (as the sink posts them: chunks of `INFLUX_BATCH_SIZE` lines, gzip-compressed as by default),"
             " routed by a table of 10 routes (4 org names, 2 space regexes, 2 app GUIDs, an org GUID and"
             " an org label; every fifth org labelled) into"
@@ -1063,7 +687,7 @@ def print_profile(work: Workload, out: Any = None, top: int = 25) -> None:
     for _ in range(3):
         run()
     profiler.disable()
-    print(f"\ncProfile of convert_batch, 3 × {_count(work.records)} records (by own time):", file=out)
+    print(f"\ncProfile of convert_batch, 3 × {num(work.records)} records (by own time):", file=out)
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
 
@@ -1114,7 +738,7 @@ def bench_cold_start(sizes: Sizes, rows: dict[str, Row]) -> None:
             fill(rows[key], status=ERROR, how=f"Failed: {type(exc).__name__}: {str(exc)[:600]}")
         raise
     floors = {p.name: stats["empty", p.name] for p in (coldstart.MB512, coldstart.FULL_CORE)}
-    layers = ", ".join(f"{name} {_mb(size)}" for name, size in sorted(zipped.items()) if "Layer" in name)
+    layers = ", ".join(f"{name} {mib(size)}" for name, size in sorted(zipped.items()) if "Layer" in name)
     emulation_how = (
         "`make build`'s functions and layers, zipped by SAM's packager (files dated 1980-01-01) and"
         " unzipped into `/var/task` and `/opt` (" + layers + " zipped), run by the real runtime client"
@@ -1124,7 +748,7 @@ def bench_cold_start(sizes: Sizes, rows: dict[str, Row]) -> None:
         f" boto3/botocore ({', '.join(coldstart.RUNTIME_SDK)}), user `nobody`, a cgroup holding memory to"
         " the function's size and CPU to size/1769 of a core (`cpu.cfs_quota_us`), the Runtime API"
         " served by the bench. S3 and Secrets Manager: moto's server; InfluxDB 1.x: real; Cloud"
-        f" Controller: the fake one ({_count(coldstart.FOUNDATION_APPS)} apps). INIT = exec of the"
+        f" Controller: the fake one ({num(coldstart.FOUNDATION_APPS)} apps). INIT = exec of the"
         " runtime's Python to its first `next`; an invoke = the event handed over to its response."
         f" Medians of {runs} fresh environments, interleaved with the others of the table; the baseline"
         " is an empty function (`return {}`) in the same emulation and size: the runtime's own cold"
@@ -1141,13 +765,13 @@ def bench_cold_start(sizes: Sizes, rows: dict[str, Row]) -> None:
         cold, floor_cold = got.median("cold"), floor.median("cold")
         what = {
             "cold_start": (
-                f" The enricher's first batch is {_count(coldstart.ENRICHER_RECORDS)} records (v1 sink);"
+                f" The enricher's first batch is {num(coldstart.ENRICHER_RECORDS)} records (v1 sink);"
                 " its first invoke reads 2 secrets from Secrets Manager (InfluxDB password, Cloud"
                 " Controller client secret), the snapshot from S3, and writes the points. " + emulation_how
             ),
             "cold_start_full": " The same at 1769 MB: one full core.",
             "cold_start_refresh": (
-                f" The refresh lists {_count(coldstart.FOUNDATION_APPS)} apps from the fake Cloud Controller"
+                f" The refresh lists {num(coldstart.FOUNDATION_APPS)} apps from the fake Cloud Controller"
                 " (secret from Secrets Manager, UAA token, one page) and writes the snapshot to S3."
             ),
         }[key]
@@ -1236,7 +860,7 @@ def memory_child(argv: list[str]) -> None:
 def bench_memory(sizes: Sizes, rows: dict[str, Row]) -> None:
     event, payload, records = max_size_event(sizes.memory_event_bytes)
     snapshot = snapshot_of(foundation_for(1_000, seed=2).app_infos())
-    _progress(f"memory: {_count(records)} records, {_mb(payload)} event, in fresh interpreters")
+    _progress(f"memory: {num(records)} records, {mib(payload)} event, in fresh interpreters")
     with tempfile.TemporaryDirectory(prefix="refinery-bench-") as tmp:
         event_path, snapshot_path = Path(tmp, "event.json"), Path(tmp, "snapshot.json.gz")
         event_path.write_text(json.dumps(event, separators=(",", ":")))
@@ -1249,19 +873,19 @@ def bench_memory(sizes: Sizes, rows: dict[str, Row]) -> None:
     ratio = growth / payload
     fill(
         rows["memory"],
-        ours=f"{_mb(growth)} RSS (tracemalloc peak {_mb(traced['peak'])})",
-        baseline=f"{_mb(payload)} event ({_count(records)} records)",
+        ours=f"{mib(growth)} RSS (tracemalloc peak {mib(traced['peak'])})",
+        baseline=f"{mib(payload)} event ({num(records)} records)",
         ratio=ratio,
         target=f"< {TARGET_MEMORY_VS_PAYLOAD:.2f}× the payload",
         status=_verdict(ratio < TARGET_MEMORY_VS_PAYLOAD),
         how=(
             f"The largest batch of the same traffic whose Lambda event (compact JSON) fits in"
-            f" {_mb(sizes.memory_event_bytes)} ({_mb(MAX_EVENT_BYTES)} is the invocation payload limit, so"
-            f" the largest batch an event source mapping can deliver): {_mb(payload)}, parsed with"
+            f" {mib(sizes.memory_event_bytes)} ({mib(MAX_EVENT_BYTES)} is the invocation payload limit, so"
+            f" the largest batch an event source mapping can deliver): {mib(payload)}, parsed with"
             " `json.loads` as the runtime does, then one"
             " `convert_batch` in a fresh interpreter: peak RSS growth during the call"
             f" ({rss[0]['method']}), median of 3 processes; tracemalloc's peak of Python allocations"
-            f" in a 4th ({_mb(traced['retained'])} of it still held by the result: the lines and"
+            f" in a 4th ({mib(traced['retained'])} of it still held by the result: the lines and"
             " the identity index)."
         ),
     )
@@ -1272,7 +896,7 @@ def bench_memory(sizes: Sizes, rows: dict[str, Row]) -> None:
 
 def bench_metadata(sizes: Sizes, rows: dict[str, Row]) -> None:
     n = sizes.metadata_apps
-    _progress(f"metadata: snapshot of {_count(n)} apps")
+    _progress(f"metadata: snapshot of {num(n)} apps")
     big_apps = foundation_for(n, seed=7).app_infos()
     big = snapshot_of(big_apps)
     raw = gzip.decompress(big)
@@ -1281,9 +905,9 @@ def bench_metadata(sizes: Sizes, rows: dict[str, Row]) -> None:
     old_published = len(gzip.compress(old_raw, compresslevel=6, mtime=0))
     fill(
         rows["snapshot_size"],
-        name=f"6b. snapshot size, {_count(len(big_apps))} apps",
-        ours=f"{_mb(len(big))} gzip ({len(big) / len(big_apps):.0f} B/app)",
-        baseline=f"{_mb(len(raw))} JSON",
+        name=f"6b. snapshot size, {num(len(big_apps))} apps",
+        ours=f"{mib(len(big))} gzip ({len(big) / len(big_apps):.0f} B/app)",
+        baseline=f"{mib(len(raw))} JSON",
         ratio=len(big) / len(raw),
         target="info",
         status=INFO,
@@ -1291,8 +915,8 @@ def bench_metadata(sizes: Sizes, rows: dict[str, Row]) -> None:
             "`encode_snapshot` (schema 2: string tables, gzip level 1) of a `Foundation.generate` foundation"
             " (10 spaces per org, 10 apps per space, names like `app-12-3-7`); ratio = gzip/JSON. Longer"
             " real names make it proportionally larger. The same apps in schema 1 (one object per app, as"
-            f" published before): {_mb(len(old_raw))} JSON, {_mb(old_published)} at gzip level 6,"
-            f" {_mb(len(old))} at level 1."
+            f" published before): {mib(len(old_raw))} JSON, {mib(old_published)} at gzip level 6,"
+            f" {mib(len(old))} at level 1."
         ),
     )
 
@@ -1316,7 +940,7 @@ def bench_metadata(sizes: Sizes, rows: dict[str, Row]) -> None:
     mine, floor = statistics.median(times["ours"]), statistics.median(times["floor"])
     fill(
         rows["snapshot_load"],
-        name=f"6c. snapshot load in the enricher, {_count(len(big_apps))} apps (decode)",
+        name=f"6c. snapshot load in the enricher, {num(len(big_apps))} apps (decode)",
         ours=_ms(mine),
         baseline=f"{_ms(floor)} (gunzip + orjson.loads)",
         ratio=mine / floor,
@@ -1361,17 +985,17 @@ def bench_metadata(sizes: Sizes, rows: dict[str, Row]) -> None:
     ratio = per_lookup["large"] / per_lookup["small"]
     fill(
         rows["lookup"],
-        name=f"6e. metadata lookup per envelope, {_count(len(big_apps))} vs {_count(len(small_apps))} apps",
+        name=f"6e. metadata lookup per envelope, {num(len(big_apps))} vs {num(len(small_apps))} apps",
         ours=f"{per_lookup['large'] * 1e9:.0f} ns",
         baseline=f"{per_lookup['small'] * 1e9:.0f} ns",
         ratio=ratio,
         target=f"≤ {TARGET_LOOKUP_FLAT:.2f}× (flat, O(1))",
         status=_verdict(ratio <= TARGET_LOOKUP_FLAT),
         how=(
-            f"`MetadataStore.lookup` of {_count(sizes.lookup_calls)} GUIDs drawn from"
-            f" {_count(sizes.lookup_distinct)} apps per invocation (after the per-invocation reset), in a"
+            f"`MetadataStore.lookup` of {num(sizes.lookup_calls)} GUIDs drawn from"
+            f" {num(sizes.lookup_distinct)} apps per invocation (after the per-invocation reset), in a"
             " warm store that has already built every app's tags, with a snapshot of"
-            f" {_count(len(big_apps))} against {_count(len(small_apps))} apps; best of {sizes.lookup_rounds}"
+            f" {num(len(big_apps))} against {num(len(small_apps))} apps; best of {sizes.lookup_rounds}"
             " interleaved rounds, GC off while timed."
         ),
     )
@@ -1433,8 +1057,8 @@ def bench_end_to_end(
             raise RuntimeError(f"InfluxDB /write answered {response.status_code}: {response.text[:300]}")
 
     oversize = (
-        f" The batch's Lambda event is {_mb(work.event_bytes)}: a real mapping would deliver these records"
-        f" in batches of at most {_mb(MAX_EVENT_BYTES)}; per-record figures hardly change."
+        f" The batch's Lambda event is {mib(work.event_bytes)}: a real mapping would deliver these records"
+        f" in batches of at most {mib(MAX_EVENT_BYTES)}; per-record figures hardly change."
         if work.event_bytes > MAX_EVENT_BYTES
         else ""
     )
@@ -1482,13 +1106,13 @@ def bench_end_to_end(
             target=f"≤ {TARGET_END_TO_END:.2f}×",
             status=_verdict(ratio <= TARGET_END_TO_END),
             how=(
-                f"`refinery.handlers.enricher.handler` on the {_count(work.records)}-record batch"
+                f"`refinery.handlers.enricher.handler` on the {num(work.records)}-record batch"
                 " (warm container:"
                 " snapshot from moto S3 already loaded; INFLUX_BATCH_SIZE 5000, so 2 chunks, written at"
                 " once with the default INFLUX_WRITE_CONCURRENCY=2;"
                 f" INFLUX_GZIP={str(gzip_on).lower()}) writing to a real InfluxDB 1.x on loopback, against"
                 " `convert_batch` plus one uncompressed `POST /write` of the same line protocol"
-                f" ({_mb(len(body))}) with requests; medians of {sizes.e2e_rounds} interleaved rounds, GC on;"
+                f" ({mib(len(body))}) with requests; medians of {sizes.e2e_rounds} interleaved rounds, GC on;"
                 " the ratio is the median of the rounds' ratios. Every round rewrites the same points (an"
                 " overwrite, as a retried batch does)." + oversize
             ),
@@ -1502,57 +1126,13 @@ def bench_end_to_end(
     return figures
 
 
-_FAKE_CC_CHILD = """\
-import sys
-from refinery_tools.dev.bench import CC_SECRET, foundation_for
-from refinery_tools.dev.fake_cc import FakeCloudController
-foundation = foundation_for(int(sys.argv[1]), seed=7)
-with FakeCloudController(foundation, client_id="refinery", client_secret=CC_SECRET) as cc:
-    print(cc.url, flush=True)
-    sys.stdin.read()
-"""
-
-
-@contextlib.contextmanager
-def fake_cloud_controller(apps: int) -> Iterator[str]:
-    """A :class:`FakeCloudController` serving ``apps`` apps in a child process (so it does not share
-    this process's GIL, as a real Cloud Controller would not); yields its URL."""
-    with tempfile.TemporaryFile() as log:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _FAKE_CC_CHILD, str(apps)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            url = child.stdout.readline().strip()
-            if not url.startswith("http://"):
-                child.wait(timeout=15)
-                log.seek(0)
-                raise RuntimeError(f"the fake Cloud Controller did not start: {log.read().decode()[-2000:]}")
-            yield url
-        finally:
-            if child.stdin is not None:
-                with contextlib.suppress(OSError):
-                    child.stdin.close()
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=15)
-            if child.stdout is not None:
-                child.stdout.close()
-
-
 def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> None:
     from refinery.metadata.cc_client import CloudControllerClient
     from refinery.metadata.refresh import refresh_snapshot
     from refinery.metadata.store import S3SnapshotSource
 
     n = sizes.metadata_apps
-    _progress(f"metadata refresh: fake Cloud Controller with {_count(n)} apps, moto S3")
+    _progress(f"metadata refresh: fake Cloud Controller with {num(n)} apps, moto S3")
     with fake_cloud_controller(n) as url:
 
         def refresh() -> Any:
@@ -1570,8 +1150,8 @@ def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> N
     mine, floor = statistics.median(times["refresh"]), statistics.median(times["listing"])
     fill(
         rows["refresh"],
-        name=f"6a. metadata refresh, {_count(first.apps)} apps (fake CC → moto S3)",
-        ours=f"{mine:.2f} s ({first.pages} pages, {_mb(first.bytes)})",
+        name=f"6a. metadata refresh, {num(first.apps)} apps (fake CC → moto S3)",
+        ours=f"{mine:.2f} s ({first.pages} pages, {mib(first.bytes)})",
         baseline=f"{floor:.2f} s (listing pages only)",
         ratio=mine / floor,
         target=f"< {TARGET_REFRESH_S:.0f} s",
@@ -1584,7 +1164,7 @@ def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> N
             f" {sizes.refresh_rounds} interleaved rounds after one refresh that creates the snapshot."
             " The fake assembles each page from resources it serialised once (during that first,"
             " untimed refresh; the bytes are those of the documents, built afresh after any change), so"
-            f" the listing, {floor / max(first.pages, 1):.2f} s a {_count(5000)}-app page here, is mostly"
+            f" the listing, {floor / max(first.pages, 1):.2f} s a {num(5000)}-app page here, is mostly"
             " the client's transfer and parse (with the cyclic GC paused); a real Cloud Controller takes"
             " longer per page, and the refresh time moves with it."
         ),
@@ -1607,7 +1187,7 @@ def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> N
     fetch = statistics.median(times["get"])
     fill(
         rows["snapshot_load_s3"],
-        name=f"6d. snapshot load in the enricher, {_count(first.apps)} apps (from S3)",
+        name=f"6d. snapshot load in the enricher, {num(first.apps)} apps (from S3)",
         ours=_ms(mine),
         baseline=f"{_ms(floor)} (GET + gunzip + orjson.loads)",
         ratio=mine / floor,
@@ -1618,7 +1198,7 @@ def bench_refresh(sizes: Sizes, s3: Any, bucket: str, rows: dict[str, Row]) -> N
             " (an existing boto3 client; a cold container also pays boto3's import and client creation,"
             " ~0.3 s) against `get_object` + gunzip + `orjson.loads`; medians of"
             f" {sizes.load_rounds} interleaved rounds, GC on. The GET alone (`get_object` + read of"
-            f" {_mb(first.bytes)}) takes {_ms(fetch)} in the same rounds; moto serves it from a thread of"
+            f" {mib(first.bytes)}) takes {_ms(fetch)} in the same rounds; moto serves it from a thread of"
             " this process, so its server-side work shares the GIL and is in both figures. The rest,"
             f" {_ms(max(mine - fetch, 0.0))}, is the decode of 6c (measured there alone; here the"
             " process also holds moto's state and the refresh rounds' leftovers)."
@@ -1717,14 +1297,14 @@ def cost_rows(core: CoreFigures, e2e: EndToEnd | None, batch_records: int, rows:
             f" as fast as a Lambda/Fargate vCPU). Lambda x86 at {LAMBDA_MEMORY_MB} MB gets"
             f" {LAMBDA_MEMORY_MB}/{LAMBDA_MB_PER_VCPU} = {share:.0%} of a vCPU, so CPU-bound time is billed"
             f" {1 / share:.2f}× longer: ${LAMBDA_GB_SECOND_USD:.10f}/GB-s, plus"
-            f" ${LAMBDA_REQUEST_USD * 1e6:.2f} per million requests at {_count(batch_records)} records"
+            f" ${LAMBDA_REQUEST_USD * 1e6:.2f} per million requests at {num(batch_records)} records"
             " per invocation. Fargate: one 0.5 vCPU /"
             f" 1 GB task at ${FARGATE_TASK_USD_PER_HOUR}/h (us-east-1, x86) handles up to"
-            f" {_count(round(capacity))} records/s; always on it costs"
+            f" {num(round(capacity))} records/s; always on it costs"
             f" ${FARGATE_TASK_USD_PER_HOUR * HOURS_PER_MONTH:.2f}"
             f" a month whatever the load, so Lambda is cheaper below"
             f" {cost.breakeven_records_per_month / 1e9:,.1f} × 10⁹ records a month"
-            f" ({_count(round(cost.breakeven_records_per_month / (HOURS_PER_MONTH * 3600)))} records/s"
+            f" ({num(round(cost.breakeven_records_per_month / (HOURS_PER_MONTH * 3600)))} records/s"
             " on average)."
             " Excluded on both sides: InfluxDB, Kafka/MSK, data transfer, and (Fargate) a second task"
             " for availability."

@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Megabytes of memory that give a function one full vCPU (Lambda's documented ratio).
@@ -725,7 +725,29 @@ class Stats:
         )
 
 
-class Emulation:
+class _Staged:
+    """A context manager that sets itself up on enter (``_setup``) and undoes every step it entered in
+    its ``ExitStack`` on exit, or as soon as a step of the setup fails."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Self:
+        try:
+            self._setup()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+
+class Emulation(_Staged):
     """The built artifact, the runtime, the servers: ready to run cold starts (a context manager).
 
     ``build_dir`` is a ``sam build`` output. ``work`` holds the unpacked code (removed on exit).
@@ -747,22 +769,11 @@ class Emulation:
         self.xray_address = xray_address
         self.functions: dict[str, FunctionSpec] = {}
         self.runtime: Runtime | None = None
-        self._stack = contextlib.ExitStack()
+        super().__init__()
         self.work = Path()
         self.sizes: dict[str, int] = {}
 
     # -- setup
-    def __enter__(self) -> Emulation:
-        try:
-            self._setup()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
     def _setup(self) -> None:
         missing = problems()
         if missing:
@@ -1018,37 +1029,26 @@ def _progress(message: str) -> None:
 # ----------------------------------------------------------------------------------- the servers
 
 
-class _Servers:
+class _Servers(_Staged):
     """moto (S3, Secrets Manager), InfluxDB 1.x, the fake Cloud Controller, seeded for both functions."""
 
     def __init__(self, refresh_apps: int):
         self.refresh_apps = refresh_apps
-        self._stack = contextlib.ExitStack()
+        super().__init__()
         self.events: dict[str, list[bytes]] = {}
         self.checks: dict[str, Callable[[list[Any]], None]] = {}
 
-    def __enter__(self) -> _Servers:
-        try:
-            self._start()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-    def _start(self) -> None:
+    def _setup(self) -> None:
         import boto3
 
-        from refinery_tools.dev import bench
+        from refinery_tools.dev import workload
         from refinery_tools.dev.servers import InfluxDB1Server
 
         self.moto_url = self._stack.enter_context(_moto_process())
         influx = self._stack.enter_context(InfluxDB1Server())
         influx.create_database(INFLUX_DATABASE)
         self.influx_url = influx.url
-        self.cc_url = self._stack.enter_context(bench.fake_cloud_controller(self.refresh_apps))
+        self.cc_url = self._stack.enter_context(workload.fake_cloud_controller(self.refresh_apps))
         session = boto3.session.Session(
             aws_access_key_id="coldstart", aws_secret_access_key="coldstart", region_name=REGION
         )
@@ -1056,13 +1056,13 @@ class _Servers:
         secrets = session.client("secretsmanager", endpoint_url=self.moto_url)
         s3.create_bucket(Bucket=BUCKET)
         # the foundation the fake Cloud Controller serves (bench's, seed 7): refreshes keep the same apps
-        work = bench.build_workload(ENRICHER_RECORDS, self.refresh_apps, ACTIVE_APPS, seed=7)
+        work = workload.build_workload(ENRICHER_RECORDS, self.refresh_apps, ACTIVE_APPS, seed=7)
         s3.put_object(Bucket=BUCKET, Key="metadata/apps.json.gz", Body=work.snapshot)
         self.influx_secret_arn = secrets.create_secret(
             Name="refinery/influx-password", SecretString="coldstart-influx-password"
         )["ARN"]
         self.cc_secret_arn = secrets.create_secret(
-            Name="refinery/cf-client-secret", SecretString=bench.CC_SECRET
+            Name="refinery/cf-client-secret", SecretString=workload.CC_SECRET
         )["ARN"]
         event = json.dumps(work.event).encode()
         self.events = {"enricher": [event, event], "refresh": [b"{}", b"{}"]}

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from refinery.metadata.snapshot import AppInfo, encode_snapshot
-from refinery_tools.dev.bench import TrafficGenerator, nozzle_json
 from refinery_tools.dev.fake_cc import Foundation
+from refinery_tools.dev.workload import TrafficGenerator, nozzle_json
 
 BASE_NS = 1_537_510_364_000_000_000  # 2018-09-21T06:12:44Z, the bundled samples' time
 DEFAULT_STEP_NS = 97_000
