@@ -598,6 +598,7 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
 
     from refinery.config import InfluxConfig
     from refinery.routing import Router, RoutesError, parse_routes
+    from refinery.sinks.chunked import chunks
     from refinery.sinks.gzip_body import gzip_body
     from refinery.sinks.influx_v1 import InfluxV1Sink
     from refinery.sinks.routed import RoutedSink
@@ -624,7 +625,7 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
 
     def bodies(sink: Any, lines: Sequence[str]) -> list[bytes]:
         """The request bodies the sink posts (INFLUX_GZIP=true, the default: gzip-compressed)."""
-        return [gzip_body(sink.encode(chunk, ())) for chunk in _chunks(lines, sink.batch_size)]
+        return [gzip_body(sink.encode(chunk, ())) for chunk in chunks(lines, sink.batch_size)]
 
     def off() -> list[bytes]:
         start_invocation(store)
@@ -670,10 +671,6 @@ def bench_routing(work: Workload, sizes: Sizes, rows: dict[str, Row]) -> None:
             " per point, routing costs finding `app_guid` in the line and one dictionary look-up."
         ),
     )
-
-
-def _chunks(lines: Sequence[str], size: int) -> list[Sequence[str]]:
-    return [lines[i : i + size] for i in range(0, len(lines), size)]
 
 
 def print_profile(work: Workload, out: Any = None, top: int = 25) -> None:

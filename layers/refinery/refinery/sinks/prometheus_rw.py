@@ -57,7 +57,7 @@ from ..config import PrometheusConfig
 from ..lineparse import LineError, parse_line
 from ..rules.aggregate import REMOTE_WRITE
 from .base import Deadline, FlushError, Misconfigured, Refused, WriteReport
-from .http import CONNECT_TIMEOUT, HttpSink, quote_answer, read_answer, time_limit
+from .http import CONNECT_TIMEOUT, HttpSink, quote_answer, read_answer, time_limit, write_settings
 from .remote_read import READ_HEADERS, decode_read_response, encode_read_request, read_url, same_value
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ class PrometheusRemoteWriteSink(HttpSink):
                 "Content-Encoding": "snappy",
                 "X-Prometheus-Remote-Write-Version": "0.1.0",
             },
-            verify=config.verify,
-            batch_size=config.batch_size,
-            timeout=config.timeout,
-            max_retry_wait=config.max_retry_wait,
+            **write_settings(config),
             **kwargs,
         )
         import cramjam

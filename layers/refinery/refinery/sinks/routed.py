@@ -43,7 +43,6 @@ class RoutedSink(Sink):
     """The InfluxDB sink ``inner``, writing each line to the destination ``router`` gives it."""
 
     def __init__(self, inner: HttpSink, router: Router):
-        self.batch_size = inner.batch_size  # each destination's group is chunked like the inner sink's
         self.inner = inner
         self.router = router
         self.name = inner.name  # the quarantine and replay name the InfluxDB sink, routed or not
