@@ -158,3 +158,15 @@ class Sink:
 
     def close(self) -> None:
         """Release connections and threads (a sink is otherwise kept for the container's life)."""
+
+
+def attach_outcome(exc: FlushError, acknowledged: int, report: WriteReport) -> None:
+    """Attach the outcome to a failed write: the acknowledged prefix and the refusals within it only.
+
+    A line refused after the first unacknowledged one (in the failed chunk, in a later chunk written
+    concurrently, or in another destination's group) belongs to a record that is delivered again: it
+    is refused again then. Quarantining it now would count its record twice.
+    """
+    exc.acknowledged = acknowledged
+    report.rejected = [(index, message) for index, message in report.rejected if index < acknowledged]
+    exc.report = report

@@ -47,6 +47,7 @@ from .base import (
     Retryable,
     Sink,
     WriteReport,
+    attach_outcome,
 )
 from .refusal import diagnose
 
@@ -128,7 +129,7 @@ class ChunkedSink(Sink):
                 report.chunks += 1
                 done += len(chunk)
         except FlushError as exc:
-            _fail(exc, done, report)
+            attach_outcome(exc, done, report)
             raise
 
     def _write_concurrently(
@@ -166,7 +167,7 @@ class ChunkedSink(Sink):
             report.rejected.extend(own.rejected)
         if failure is not None:
             index, error = failure
-            _fail(error, firsts[index], report)
+            attach_outcome(error, firsts[index], report)
             raise error
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -320,15 +321,3 @@ class ChunkedSink(Sink):
             f"another before the invocation's deadline (FLUSH_TIME_RESERVE={deadline.reserve:g} s is kept "
             "back to report the outcome)"
         )
-
-
-def _fail(exc: FlushError, acknowledged: int, report: WriteReport) -> None:
-    """Attach the outcome to a failed write: the acknowledged prefix and the refusals within it only.
-
-    A line refused after the first unacknowledged one (in the failed chunk, or in a later chunk
-    written concurrently) belongs to a record that is delivered again: it is refused again then.
-    Quarantining it now would count its record twice.
-    """
-    exc.acknowledged = acknowledged
-    report.rejected = [(index, message) for index, message in report.rejected if index < acknowledged]
-    exc.report = report

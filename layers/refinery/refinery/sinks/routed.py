@@ -28,7 +28,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .base import DESTINATION_UNAVAILABLE, Deadline, FlushError, Misconfigured, Sink, WriteReport
+from .base import (
+    DESTINATION_UNAVAILABLE,
+    Deadline,
+    FlushError,
+    Misconfigured,
+    Sink,
+    WriteReport,
+    attach_outcome,
+)
 from .http import HttpSink
 
 if TYPE_CHECKING:
@@ -103,9 +111,8 @@ class RoutedSink(Sink):
             report.seconds = time.monotonic() - started
             report.rejected.sort()
         if failure is not None:
-            report.rejected = [(i, m) for i, m in report.rejected if i < acknowledged]
-            error = FlushError(str(failure), acknowledged)
-            error.report = report
+            error = FlushError(str(failure))
+            attach_outcome(error, acknowledged, report)
             raise error from failure
         return report
 
